@@ -1,0 +1,1 @@
+"""ROS 2 nodes that serve the policy; empty until the ROS milestone."""

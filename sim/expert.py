@@ -1,0 +1,92 @@
+"""Scripted expert: follows the waypoint plan for the instructed task with CALVIN's relative
+actions. It implements the same ``Policy`` interface as the learned policy."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from sim.annotations import task_for_sentence
+from sim.controller import ORN_SCALE, POS_SCALE
+from sim.expert_plans import Waypoint, plan
+from sim.scene_config import SceneConfig
+from sim.task_oracle import TASK_NAMES
+
+
+def _wrap(angle: np.ndarray) -> np.ndarray:
+    return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
+def waypoint_action(target_pos: np.ndarray, target_euler: np.ndarray, wp: Waypoint) -> np.ndarray:
+    """The relative action that moves the stored target towards ``wp`` as fast as allowed."""
+    dpos = (np.asarray(wp.pos) - target_pos) / POS_SCALE
+    deuler = _wrap(waypoint_euler(wp) - target_euler)
+    return np.concatenate([np.clip(dpos, -1, 1), np.clip(deuler / ORN_SCALE, -1, 1), [1.0 if wp.open else -1.0]])
+
+
+def waypoint_euler(wp: Waypoint) -> np.ndarray:
+    """xyz Euler angles of the gripper pointing down at ``wp.yaw``, tilted by ``wp.tilt`` about x."""
+    if wp.tilt == 0.0:
+        return np.array([np.pi, 0.0, wp.yaw])
+    down = Rotation.from_euler("xyz", [np.pi, 0.0, wp.yaw])
+    return (Rotation.from_euler("x", wp.tilt) * down).as_euler("xyz")
+
+
+class ScriptedExpert:
+    """Plans on the first step of each subtask, then tracks the waypoints one by one."""
+
+    def __init__(self, scene: SceneConfig | str = "D", rng: np.random.Generator | None = None,
+                 noise: float = 0.0) -> None:
+        self.cfg = scene if isinstance(scene, SceneConfig) else SceneConfig(name=scene, render=False)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.noise = noise
+        self.reset()
+
+    def reset(self) -> None:
+        self._plan: list[Waypoint] | None = None
+        self._task: str | None = None
+
+    def _start(self, obs: dict, task: str) -> None:
+        robot_obs = np.asarray(obs["robot_obs"])
+        self._task = task
+        self._plan = plan(task, robot_obs, np.asarray(obs["scene_obs"]), self.cfg, self.rng)
+        self._index, self._steps, self._waited = 0, 0, 0
+        self.target_pos = robot_obs[:3].copy()
+        euler = robot_obs[3:6].copy()
+        self.target_euler = euler
+
+    def step(self, obs: dict, instruction: str) -> np.ndarray:
+        task = instruction if instruction in TASK_NAMES else task_for_sentence(instruction)
+        if self._plan is None or task != self._task:
+            self._start(obs, task)
+        tcp = np.asarray(obs["robot_obs"][:3])
+        wp = self._current(tcp)
+        if wp is None:  # plan finished: hold still with the last gripper state
+            last_open = self._plan[-1].open if self._plan else obs["robot_obs"][14] > 0
+            return np.array([0, 0, 0, 0, 0, 0, 1.0 if last_open else -1.0])
+        action = waypoint_action(self.target_pos, self.target_euler, wp)
+        if self.noise > 0:
+            action[:6] = np.clip(action[:6] + self.rng.normal(0, self.noise, 6), -1, 1)
+        self.target_pos = self.target_pos + action[:3] * POS_SCALE
+        self.target_euler = self.target_euler + action[3:6] * ORN_SCALE
+        self._steps += 1
+        return action
+
+    def _current(self, tcp: np.ndarray) -> Waypoint | None:
+        """The waypoint to pursue now, advancing past reached (or given-up) ones."""
+        while self._index < len(self._plan):
+            wp = self._plan[self._index]
+            reached = np.linalg.norm(tcp - np.asarray(wp.pos)) < wp.tol
+            if reached and self._waited < wp.wait:
+                self._waited += 1
+                return wp
+            if reached or self._steps >= wp.max_steps:
+                self._index, self._steps, self._waited = self._index + 1, 0, 0
+                continue
+            return wp
+        return None
+
+
+def make_expert(scene: str = "D", seed: int = 0, noise: float = 0.0, **_: object) -> ScriptedExpert:
+    """Registry factory (``policy=expert``)."""
+    return ScriptedExpert(scene=scene, rng=np.random.default_rng(seed), noise=noise)

@@ -1,0 +1,245 @@
+"""Waypoint plans for the scripted expert: pure functions from (task, observation, scene
+layout) to a list of end-effector waypoints. Only the robot's own state, the fixtures' known
+places and the object poses in ``scene_obs`` are used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim import snapshot as S
+from sim.scene_config import SceneConfig
+from sim.scene_xml import DOOR_OFFSET_X, SWITCH_FRAME_DEG, TABLE_TOP_Z
+
+SAFE_Z = 0.62
+YAW_X_FINGERS = np.pi / 2  # yaw (gripper pointing down) at which the fingers close along world x
+YAW_Y_FINGERS = 0.0  # ... along world y
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    """Move the TCP to ``pos`` with yaw ``yaw`` (pointing down), gripper open or closed.
+
+    ``tilt`` turns the pointing-down gripper about world x (positive: fingertips towards +y).
+    ``tol`` is how close the TCP must get before moving on; ``wait`` holds the pose that many
+    steps once reached (for the gripper to act); ``max_steps`` gives up on reaching it.
+    """
+
+    pos: tuple[float, float, float]
+    yaw: float
+    open: bool
+    tol: float = 0.01
+    wait: int = 0
+    max_steps: int = 60
+    tilt: float = 0.0
+
+
+def _wp(pos, yaw, open_, **kw) -> Waypoint:
+    return Waypoint(tuple(float(v) for v in pos), float(yaw), bool(open_), **kw)
+
+
+def grasp_yaw(block_yaw: float, current_yaw: float = YAW_X_FINGERS) -> float:
+    """Yaw that closes the fingers across the block's short (local y) side, nearest to ``current_yaw``."""
+    candidates = block_yaw + np.pi * np.arange(-3, 4)
+    return float(candidates[np.argmin(np.abs(candidates - current_yaw))])
+
+
+def _block(scene_obs: np.ndarray, block: str) -> tuple[np.ndarray, float]:
+    pose = scene_obs[S.BLOCK_SLICES[block]]
+    return np.asarray(pose[:3]), float(pose[5])
+
+
+def _travel(tcp: np.ndarray, above: np.ndarray, yaw: float, open_: bool) -> list[Waypoint]:
+    """Rise to the safe height, cross over, and arrive above ``above``."""
+    up = max(SAFE_Z, tcp[2])
+    return [_wp((tcp[0], tcp[1], up), yaw, open_, tol=0.03),
+            _wp((above[0], above[1], up), yaw, open_, tol=0.02)]
+
+
+def pick(tcp: np.ndarray, pos: np.ndarray, yaw: float, lift: float = 0.12) -> list[Waypoint]:
+    return _travel(tcp, pos, yaw, True) + [
+        _wp(pos + (0, 0, 0.06), yaw, True, tol=0.01),
+        _wp(pos + (0, 0, -0.003), yaw, True, tol=0.006, max_steps=40),
+        _wp(pos + (0, 0, -0.003), yaw, False, wait=8),
+        _wp(pos + (0, 0, lift), yaw, False, tol=0.02),
+    ]
+
+
+def put_down(tcp: np.ndarray, pos: np.ndarray, yaw: float) -> list[Waypoint]:
+    """Carry a held block to ``pos`` (its centre), release it and back off upwards."""
+    return _travel(tcp, pos, yaw, False) + [
+        _wp(pos + (0, 0, 0.015), yaw, False, tol=0.008),
+        _wp(pos + (0, 0, 0.015), yaw, True, wait=6),
+        _wp(pos + (0, 0, 0.12), yaw, True, tol=0.03),
+    ]
+
+
+def held_block(scene_obs: np.ndarray, tcp: np.ndarray) -> str | None:
+    """The block between the fingers, if any (by distance from the TCP)."""
+    best = min(S.BLOCKS, key=lambda b: np.linalg.norm(_block(scene_obs, b)[0] - tcp))
+    return best if np.linalg.norm(_block(scene_obs, best)[0] - tcp) < 0.04 else None
+
+
+def _free_spot(scene_obs: np.ndarray, lo: np.ndarray, hi: np.ndarray, ignore: str, rng) -> np.ndarray:
+    others = [_block(scene_obs, b)[0][:2] for b in S.BLOCKS if b != ignore]
+    best, best_gap = None, -1.0
+    for _ in range(60):
+        xy = rng.uniform(lo[:2], hi[:2])
+        gap = min(np.linalg.norm(xy - o) for o in others)
+        if gap > best_gap:
+            best, best_gap = xy, gap
+    return np.array([best[0], best[1], lo[2]])
+
+
+def plan(task: str, robot_obs: np.ndarray, scene_obs: np.ndarray, cfg: SceneConfig,
+         rng: np.random.Generator) -> list[Waypoint]:
+    """Waypoints that accomplish ``task`` from this state (empty if there is nothing to do)."""
+    tcp, tcp_yaw = np.asarray(robot_obs[:3]), float(robot_obs[5])
+    lay = cfg.layout
+    parts = task.split("_")
+    if task.startswith(("lift_", "unstack")):
+        block = f"block_{parts[1]}" if task.startswith("lift_") else _top_block(scene_obs)
+        pos, yaw = _block(scene_obs, block)
+        return pick(tcp, pos, grasp_yaw(yaw, tcp_yaw))
+    if task.startswith("rotate_"):
+        block, sign = f"block_{parts[1]}", (1 if parts[3] == "left" else -1)
+        pos, yaw = _block(scene_obs, block)
+        start = grasp_yaw(yaw, YAW_X_FINGERS - sign * np.pi / 4)
+        end = start + sign * np.deg2rad(95)
+        return pick(tcp, pos, start, lift=0.03) + [
+            _wp(pos + (0, 0, 0.03), end, False, tol=0.01, max_steps=60, wait=4),
+            _wp(pos + (0, 0, 0.003), end, False, tol=0.008),
+            _wp(pos + (0, 0, 0.003), end, True, wait=6),
+            _wp(pos + (0, 0, 0.12), end, True, tol=0.03),
+        ]
+    if task.startswith("push_") and task != "push_into_drawer":
+        block, sign = f"block_{parts[1]}", (1 if parts[3] == "right" else -1)
+        return _push_x(tcp, scene_obs, block, sign, cfg)
+    if task == "push_into_drawer":
+        return _push_into_drawer(tcp, scene_obs, cfg)
+    if task in ("move_slider_left", "move_slider_right"):
+        q = scene_obs[S.SLIDER_IDX]
+        handle = np.array([lay.slide[0] + DOOR_OFFSET_X - q, -0.012, TABLE_TOP_Z + 0.082])
+        dx = -0.2 if task.endswith("left") else 0.2
+        return _grab_and_move(tcp, handle, YAW_X_FINGERS, np.array([dx, 0, 0]))
+    if task in ("open_drawer", "close_drawer"):
+        q = scene_obs[S.DRAWER_IDX]
+        handle = np.array([lay.drawer[0], lay.drawer[1] - 0.245 - q, lay.drawer[2] + 0.06])
+        dy = -0.2 if task == "open_drawer" else 0.2
+        return _grab_and_move(tcp, handle, YAW_X_FINGERS, np.array([0, dy, 0]))
+    if task.endswith("_led"):
+        top = np.array([lay.button[0], lay.button[1], lay.button[2] + 0.017])
+        return _travel(tcp, top, YAW_X_FINGERS, False) + [
+            _wp(top + (0, 0, 0.05), YAW_X_FINGERS, False),
+            _wp(top + (0, 0, -0.018), YAW_X_FINGERS, False, tol=0.004, max_steps=30),
+            _wp(top + (0, 0, 0.1), YAW_X_FINGERS, False, tol=0.03),
+        ]
+    if task.endswith("_lightbulb"):
+        return _switch(tcp, scene_obs, cfg, on=task.startswith("turn_on"))
+    if task in ("place_in_slider", "place_in_drawer", "stack_block"):
+        block = held_block(scene_obs, tcp)
+        if block is None:
+            return []
+        return put_down(tcp, _place_target(task, scene_obs, block, cfg, rng), tcp_yaw)
+    raise ValueError(f"the expert has no plan for task {task!r}")
+
+
+def _top_block(scene_obs: np.ndarray) -> str:
+    return max(S.BLOCKS, key=lambda b: _block(scene_obs, b)[0][2])
+
+
+def _push_x(tcp, scene_obs, block: str, sign: int, cfg: SceneConfig) -> list[Waypoint]:
+    pos, yaw = _block(scene_obs, block)
+    size = cfg.block_sizes[block]
+    half_x = abs(np.cos(yaw)) * size[0] / 2 + abs(np.sin(yaw)) * size[1] / 2
+    start = pos + (-sign * (half_x + 0.025), 0, 0.005)
+    end = start + (sign * 0.16, 0, 0)
+    return _travel(tcp, start, YAW_Y_FINGERS, False) + [
+        _wp(start + (0, 0, 0.05), YAW_Y_FINGERS, False),
+        _wp(start, YAW_Y_FINGERS, False, tol=0.008),
+        _wp(end, YAW_Y_FINGERS, False, tol=0.015, max_steps=60),
+        _wp(end + (0, 0, 0.1), YAW_Y_FINGERS, False, tol=0.03),
+    ]
+
+
+def _push_into_drawer(tcp, scene_obs, cfg: SceneConfig) -> list[Waypoint]:
+    """Push the block on the table towards the robot (-y) over the edge into the open drawer."""
+    on_table = [b for b in S.BLOCKS if _block(scene_obs, b)[0][1] < 0.0 and
+                abs(_block(scene_obs, b)[0][2] - 0.46) < 0.02]
+    if not on_table:
+        return []
+    block = on_table[0]
+    pos, _ = _block(scene_obs, block)
+    drawer_x = cfg.layout.drawer[0]
+    # First line the block up with the drawer (push along x), then push it over the front edge.
+    steps: list[Waypoint] = []
+    if abs(pos[0] - drawer_x) > 0.05:
+        sign = 1 if drawer_x > pos[0] else -1
+        start = pos + (-sign * 0.055, 0, 0.005)
+        end = np.array([drawer_x - sign * 0.04, pos[1], start[2]])
+        steps += _travel(tcp, start, YAW_Y_FINGERS, False) + [
+            _wp(start, YAW_Y_FINGERS, False, tol=0.008),
+            _wp(end, YAW_Y_FINGERS, False, tol=0.015),
+            _wp(end + (0, 0, 0.1), YAW_Y_FINGERS, False, tol=0.03),
+        ]
+        tcp = end + (0, 0, 0.1)
+        pos = np.array([drawer_x, pos[1], pos[2]])
+    start = pos + (0, 0.055, 0.005)
+    end = np.array([pos[0], -0.3, start[2]])
+    return steps + _travel(tcp, start, YAW_X_FINGERS, False) + [
+        _wp(start, YAW_X_FINGERS, False, tol=0.008),
+        _wp(end, YAW_X_FINGERS, False, tol=0.02, max_steps=40),
+        _wp(end + (0, 0.05, 0.1), YAW_X_FINGERS, False, tol=0.03),
+    ]
+
+
+def _grab_and_move(tcp, handle: np.ndarray, yaw: float, delta: np.ndarray) -> list[Waypoint]:
+    return _travel(tcp, handle, yaw, True) + [
+        _wp(handle + (0, 0, 0.05), yaw, True),
+        _wp(handle, yaw, True, tol=0.006, max_steps=40),
+        _wp(handle, yaw, False, wait=8),
+        _wp(handle + delta, yaw, False, tol=0.02, max_steps=60),
+        _wp(handle + delta, yaw, True, wait=5),
+        _wp(handle + delta + (0, 0, 0.1), yaw, True, tol=0.03),
+    ]
+
+
+def _switch(tcp, scene_obs, cfg: SceneConfig, on: bool) -> list[Waypoint]:
+    """Grasp the knob head-on (the gripper tilted to face the inclined panel), slide it along the rail."""
+    ang = np.deg2rad(SWITCH_FRAME_DEG)
+    rail = np.array([0.0, -np.sin(ang), np.cos(ang)])
+    out = np.array([0.0, -np.cos(ang), -np.sin(ang)])  # local -y: where the knob sticks out
+    q = scene_obs[S.SWITCH_IDX]
+    knob = np.asarray(cfg.layout.switch) + out * 0.027 + rail * q
+    move = rail * ((0.1 - q) if on else (-q - 0.012))
+    tilt = np.pi / 2 + ang  # the approach direction is then -out
+    kw = dict(tilt=tilt)
+    return _travel(tcp, knob + out * 0.12, YAW_X_FINGERS, True) + [
+        _wp(knob + out * 0.12, YAW_X_FINGERS, True, tol=0.015, **kw),
+        _wp(knob + out * 0.05, YAW_X_FINGERS, True, **kw),
+        _wp(knob, YAW_X_FINGERS, True, tol=0.006, max_steps=40, **kw),
+        _wp(knob, YAW_X_FINGERS, False, wait=8, **kw),
+        _wp(knob + move, YAW_X_FINGERS, False, tol=0.012, max_steps=60, **kw),
+        _wp(knob + move, YAW_X_FINGERS, True, wait=5, **kw),
+        _wp(knob + move + out * 0.1, YAW_X_FINGERS, True, tol=0.03, **kw),
+    ]
+
+
+def _place_target(task: str, scene_obs, block: str, cfg: SceneConfig, rng) -> np.ndarray:
+    surf = cfg.surfaces
+    if task == "place_in_slider":
+        q = scene_obs[S.SLIDER_IDX]
+        door_x = cfg.layout.slide[0] + DOOR_OFFSET_X - q
+        side = min(("slider_left", "slider_right"), key=lambda s: -abs(surf[s][:, 0].mean() - door_x))
+        return _free_spot(scene_obs, surf[side][0], surf[side][1], block, rng) + (0, 0, 0.005)
+    if task == "place_in_drawer":
+        lay = cfg.layout
+        q = scene_obs[S.DRAWER_IDX]
+        return np.array([lay.drawer[0], lay.drawer[1] - 0.12 - q, 0.345 + 0.025])
+    below = [b for b in S.BLOCKS if b != block and abs(_block(scene_obs, b)[0][2] - 0.46) < 0.015
+             and _block(scene_obs, b)[0][1] < 0.0]
+    if not below:
+        return _block(scene_obs, block)[0]
+    target, _ = _block(scene_obs, below[0])
+    return target + (0, 0, 0.042)
