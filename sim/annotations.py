@@ -12,7 +12,7 @@ TRAINING_FILE = DATA_DIR / "new_playtable.yaml"
 VALIDATION_FILE = DATA_DIR / "new_playtable_validation.yaml"
 
 
-@lru_cache(maxsize=None)
+@lru_cache
 def _load(path: Path) -> dict[str, tuple[str, ...]]:
     """Read a ``task: [sentence, ...]`` YAML file (immutable values, safe to cache)."""
     with path.open(encoding="utf-8") as f:
@@ -40,7 +40,7 @@ def eval_instruction(task: str) -> str:
     return sentences[task][0]
 
 
-@lru_cache(maxsize=None)
+@lru_cache
 def _task_by_sentence() -> dict[str, str]:
     return {
         sentence: task

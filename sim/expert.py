@@ -13,6 +13,12 @@ from sim.scene_config import SceneConfig
 from sim.task_oracle import TASK_NAMES
 
 
+ORIENTATION_TOL = 0.12  # radians, per Euler angle
+OFFSET_GAIN = 0.3
+MAX_OFFSET = 0.015  # metres
+RESYNC_DISTANCE = 0.05  # metres
+
+
 def _wrap(angle: np.ndarray) -> np.ndarray:
     return (angle + np.pi) % (2 * np.pi) - np.pi
 
@@ -40,7 +46,15 @@ class ScriptedExpert:
         self.cfg = scene if isinstance(scene, SceneConfig) else SceneConfig(name=scene, render=False)
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.noise = noise
+        self.target_pos: np.ndarray | None = None
+        self.target_euler: np.ndarray | None = None
         self.reset()
+
+    def seed(self, seed: int) -> None:
+        """Re-seed the generator (the evaluator does this per chain, so results do not depend on
+        how chains are spread over workers)."""
+        self.rng = np.random.default_rng(seed)
+        self.target_pos = None  # a new chain starts from a freshly reset environment
 
     def reset(self) -> None:
         self._plan: list[Waypoint] | None = None
@@ -51,20 +65,24 @@ class ScriptedExpert:
         self._task = task
         self._plan = plan(task, robot_obs, np.asarray(obs["scene_obs"]), self.cfg, self.rng)
         self._index, self._steps, self._waited = 0, 0, 0
-        self.target_pos = robot_obs[:3].copy()
-        euler = robot_obs[3:6].copy()
-        self.target_euler = euler
+        self._offset = np.zeros(3)
+        # The controller's stored target only changes by our own actions, so keep our copy of it
+        # across subtasks; re-read it from the TCP after an environment reset (first use, or
+        # the TCP far from where we left the target).
+        if self.target_pos is None or np.linalg.norm(self.target_pos - robot_obs[:3]) > RESYNC_DISTANCE:
+            self.target_pos = robot_obs[:3].copy()
+            self.target_euler = robot_obs[3:6].copy()
 
     def step(self, obs: dict, instruction: str) -> np.ndarray:
         task = instruction if instruction in TASK_NAMES else task_for_sentence(instruction)
         if self._plan is None or task != self._task:
             self._start(obs, task)
-        tcp = np.asarray(obs["robot_obs"][:3])
-        wp = self._current(tcp)
+        wp = self._current(np.asarray(obs["robot_obs"][:6]))
         if wp is None:  # plan finished: hold still with the last gripper state
             last_open = self._plan[-1].open if self._plan else obs["robot_obs"][14] > 0
             return np.array([0, 0, 0, 0, 0, 0, 1.0 if last_open else -1.0])
-        action = waypoint_action(self.target_pos, self.target_euler, wp)
+        self._correct_offset(np.asarray(obs["robot_obs"][:3]), wp)
+        action = waypoint_action(self.target_pos - self._offset, self.target_euler, wp)
         if self.noise > 0:
             action[:6] = np.clip(action[:6] + self.rng.normal(0, self.noise, 6), -1, 1)
         self.target_pos = self.target_pos + action[:3] * POS_SCALE
@@ -72,16 +90,31 @@ class ScriptedExpert:
         self._steps += 1
         return action
 
-    def _current(self, tcp: np.ndarray) -> Waypoint | None:
+    def _correct_offset(self, tcp: np.ndarray, wp: Waypoint) -> None:
+        """Integrate the gap between where the TCP settled and the waypoint.
+
+        The stored target of the controller is not observable and may differ from the TCP
+        (after pressing on something, or when a subtask starts); once our model of the target
+        has arrived, the remaining TCP error is pushed into an offset that shifts the target.
+        """
+        if np.linalg.norm(self.target_pos - self._offset - np.asarray(wp.pos)) < 0.004:
+            self._offset = self._offset + OFFSET_GAIN * (np.asarray(wp.pos) - tcp)
+            norm = np.linalg.norm(self._offset)
+            if norm > MAX_OFFSET:
+                self._offset *= MAX_OFFSET / norm
+
+    def _current(self, tcp_pose: np.ndarray) -> Waypoint | None:
         """The waypoint to pursue now, advancing past reached (or given-up) ones."""
         while self._index < len(self._plan):
             wp = self._plan[self._index]
-            reached = np.linalg.norm(tcp - np.asarray(wp.pos)) < wp.tol
+            reached = (np.linalg.norm(tcp_pose[:3] - np.asarray(wp.pos)) < wp.tol
+                       and np.all(np.abs(_wrap(waypoint_euler(wp) - tcp_pose[3:6])) < ORIENTATION_TOL))
             if reached and self._waited < wp.wait:
                 self._waited += 1
                 return wp
             if reached or self._steps >= wp.max_steps:
                 self._index, self._steps, self._waited = self._index + 1, 0, 0
+                self._offset = np.zeros(3)
                 continue
             return wp
         return None

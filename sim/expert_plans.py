@@ -10,11 +10,13 @@ import numpy as np
 
 from sim import snapshot as S
 from sim.scene_config import SceneConfig
-from sim.scene_xml import DOOR_OFFSET_X, SWITCH_FRAME_DEG, TABLE_TOP_Z
+from sim.scene_xml import DOOR_OFFSET_X, DRAWER_RANGE, SWITCH_FRAME_DEG, SWITCH_RANGE, TABLE_TOP_Z
 
 SAFE_Z = 0.62
 YAW_X_FINGERS = np.pi / 2  # yaw (gripper pointing down) at which the fingers close along world x
 YAW_Y_FINGERS = 0.0  # ... along world y
+GRIPPER_SPAN = 0.065  # widest block side the open fingers (0.08 m) take reliably
+SHELF_FRONT_Y = 0.03  # blocks behind this line stand on the slider's shelf
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,20 @@ def _wp(pos, yaw, open_, **kw) -> Waypoint:
     return Waypoint(tuple(float(v) for v in pos), float(yaw), bool(open_), **kw)
 
 
-def grasp_yaw(block_yaw: float, current_yaw: float = YAW_X_FINGERS) -> float:
-    """Yaw that closes the fingers across the block's short (local y) side, nearest to ``current_yaw``."""
-    candidates = block_yaw + np.pi * np.arange(-3, 4)
-    return float(candidates[np.argmin(np.abs(candidates - current_yaw))])
+def grasp_yaw(block_yaw: float, size, reference: float = YAW_X_FINGERS, x_fingers: bool = False) -> float:
+    """Yaw for grasping a block of extents ``size``: across a side the open fingers take,
+    nearest to ``reference``; ``x_fingers`` prefers fingers closing along world x (the hand is
+    then short along y, which keeps it off the shelf tower)."""
+    best, best_cost = None, np.inf
+    for k in range(-4, 5):
+        yaw = block_yaw + k * np.pi / 2
+        across = size[1] if k % 2 == 0 else size[0]  # even k: fingers along the block's local y
+        if across > GRIPPER_SPAN:
+            continue
+        cost = abs(yaw - reference) + (2.0 if x_fingers and abs(np.sin(yaw)) < 0.7 else 0.0)
+        if cost < best_cost:
+            best, best_cost = yaw, cost
+    return float(best)
 
 
 def _block(scene_obs: np.ndarray, block: str) -> tuple[np.ndarray, float]:
@@ -101,11 +113,11 @@ def plan(task: str, robot_obs: np.ndarray, scene_obs: np.ndarray, cfg: SceneConf
     if task.startswith(("lift_", "unstack")):
         block = f"block_{parts[1]}" if task.startswith("lift_") else _top_block(scene_obs)
         pos, yaw = _block(scene_obs, block)
-        return pick(tcp, pos, grasp_yaw(yaw, tcp_yaw))
+        return pick(tcp, pos, grasp_yaw(yaw, cfg.block_sizes[block], x_fingers=pos[1] > SHELF_FRONT_Y))
     if task.startswith("rotate_"):
         block, sign = f"block_{parts[1]}", (1 if parts[3] == "left" else -1)
         pos, yaw = _block(scene_obs, block)
-        start = grasp_yaw(yaw, YAW_X_FINGERS - sign * np.pi / 4)
+        start = grasp_yaw(yaw, cfg.block_sizes[block], YAW_X_FINGERS - sign * np.pi / 4)
         end = start + sign * np.deg2rad(95)
         return pick(tcp, pos, start, lift=0.03) + [
             _wp(pos + (0, 0, 0.03), end, False, tol=0.01, max_steps=60, wait=4),
@@ -121,12 +133,12 @@ def plan(task: str, robot_obs: np.ndarray, scene_obs: np.ndarray, cfg: SceneConf
     if task in ("move_slider_left", "move_slider_right"):
         q = scene_obs[S.SLIDER_IDX]
         handle = np.array([lay.slide[0] + DOOR_OFFSET_X - q, -0.012, TABLE_TOP_Z + 0.082])
-        dx = -0.2 if task.endswith("left") else 0.2
+        dx = -(lay.slide_range - q) - 0.01 if task.endswith("left") else q + 0.01
         return _grab_and_move(tcp, handle, YAW_X_FINGERS, np.array([dx, 0, 0]))
     if task in ("open_drawer", "close_drawer"):
         q = scene_obs[S.DRAWER_IDX]
         handle = np.array([lay.drawer[0], lay.drawer[1] - 0.245 - q, lay.drawer[2] + 0.06])
-        dy = -0.2 if task == "open_drawer" else 0.2
+        dy = -(DRAWER_RANGE - q) - 0.01 if task == "open_drawer" else q + 0.01
         return _grab_and_move(tcp, handle, YAW_X_FINGERS, np.array([0, dy, 0]))
     if task.endswith("_led"):
         top = np.array([lay.button[0], lay.button[1], lay.button[2] + 0.017])
@@ -141,7 +153,8 @@ def plan(task: str, robot_obs: np.ndarray, scene_obs: np.ndarray, cfg: SceneConf
         block = held_block(scene_obs, tcp)
         if block is None:
             return []
-        return put_down(tcp, _place_target(task, scene_obs, block, cfg, rng), tcp_yaw)
+        yaw = YAW_X_FINGERS if task == "place_in_slider" else tcp_yaw
+        return put_down(tcp, _place_target(task, scene_obs, block, cfg, rng), yaw)
     raise ValueError(f"the expert has no plan for task {task!r}")
 
 
@@ -154,7 +167,7 @@ def _push_x(tcp, scene_obs, block: str, sign: int, cfg: SceneConfig) -> list[Way
     size = cfg.block_sizes[block]
     half_x = abs(np.cos(yaw)) * size[0] / 2 + abs(np.sin(yaw)) * size[1] / 2
     start = pos + (-sign * (half_x + 0.025), 0, 0.005)
-    end = start + (sign * 0.16, 0, 0)
+    end = start + (sign * 0.14, 0, 0)
     return _travel(tcp, start, YAW_Y_FINGERS, False) + [
         _wp(start + (0, 0, 0.05), YAW_Y_FINGERS, False),
         _wp(start, YAW_Y_FINGERS, False, tol=0.008),
@@ -206,23 +219,22 @@ def _grab_and_move(tcp, handle: np.ndarray, yaw: float, delta: np.ndarray) -> li
 
 
 def _switch(tcp, scene_obs, cfg: SceneConfig, on: bool) -> list[Waypoint]:
-    """Grasp the knob head-on (the gripper tilted to face the inclined panel), slide it along the rail."""
+    """Push the knob along its rail with the closed fingertips, the gripper tilted to face the
+    inclined panel (on: from below, upwards; off: from above, downwards)."""
     ang = np.deg2rad(SWITCH_FRAME_DEG)
     rail = np.array([0.0, -np.sin(ang), np.cos(ang)])
     out = np.array([0.0, -np.cos(ang), -np.sin(ang)])  # local -y: where the knob sticks out
     q = scene_obs[S.SWITCH_IDX]
-    knob = np.asarray(cfg.layout.switch) + out * 0.027 + rail * q
-    move = rail * ((0.1 - q) if on else (-q - 0.012))
-    tilt = np.pi / 2 + ang  # the approach direction is then -out
-    kw = dict(tilt=tilt)
-    return _travel(tcp, knob + out * 0.12, YAW_X_FINGERS, True) + [
-        _wp(knob + out * 0.12, YAW_X_FINGERS, True, tol=0.015, **kw),
-        _wp(knob + out * 0.05, YAW_X_FINGERS, True, **kw),
-        _wp(knob, YAW_X_FINGERS, True, tol=0.006, max_steps=40, **kw),
-        _wp(knob, YAW_X_FINGERS, False, wait=8, **kw),
-        _wp(knob + move, YAW_X_FINGERS, False, tol=0.012, max_steps=60, **kw),
-        _wp(knob + move, YAW_X_FINGERS, True, wait=5, **kw),
-        _wp(knob + move + out * 0.1, YAW_X_FINGERS, True, tol=0.03, **kw),
+    knob = np.asarray(cfg.layout.switch) + out * 0.024 + rail * q
+    side = -1.0 if on else 1.0
+    start = knob + rail * side * 0.03
+    end = start - rail * side * ((SWITCH_RANGE - q if on else q) + 0.02)
+    kw = dict(tilt=np.pi / 2 + ang)  # the approach direction is then -out
+    return _travel(tcp, start + out * 0.1, YAW_X_FINGERS, False) + [
+        _wp(start + out * 0.1, YAW_X_FINGERS, False, tol=0.015, **kw),
+        _wp(start, YAW_X_FINGERS, False, tol=0.006, max_steps=40, **kw),
+        _wp(end, YAW_X_FINGERS, False, tol=0.01, max_steps=50, **kw),
+        _wp(end + out * 0.1, YAW_X_FINGERS, False, tol=0.03, **kw),
     ]
 
 
@@ -232,7 +244,10 @@ def _place_target(task: str, scene_obs, block: str, cfg: SceneConfig, rng) -> np
         q = scene_obs[S.SLIDER_IDX]
         door_x = cfg.layout.slide[0] + DOOR_OFFSET_X - q
         side = min(("slider_left", "slider_right"), key=lambda s: -abs(surf[s][:, 0].mean() - door_x))
-        return _free_spot(scene_obs, surf[side][0], surf[side][1], block, rng) + (0, 0, 0.005)
+        lo, hi = surf[side].copy()
+        lo[:2] += (0.02, 0.01)
+        hi[:2] = (hi[0] - 0.02, min(hi[1], 0.085))  # keep the hand clear of the shelf tower
+        return _free_spot(scene_obs, lo, hi, block, rng) + (0, 0, 0.005)
     if task == "place_in_drawer":
         lay = cfg.layout
         q = scene_obs[S.DRAWER_IDX]

@@ -99,8 +99,8 @@ def symbolic_state(snapshot: S.Snapshot, cfg: SceneConfig) -> SymbolicState:
         raise ValueError(f"snapshot.scene_obs has shape {scene.shape}; expected (24,)")
     places = block_places(snapshot, cfg)
     return {
-        "led": int(round(scene[S.LED_IDX])),
-        "lightbulb": int(round(scene[S.LIGHTBULB_IDX])),
+        "led": round(float(scene[S.LED_IDX])),
+        "lightbulb": round(float(scene[S.LIGHTBULB_IDX])),
         "slider": "left" if scene[S.SLIDER_IDX] > cfg.layout.slide_range / 2 else "right",
         "drawer": "open" if scene[S.DRAWER_IDX] > DRAWER_OPEN_THRESHOLD else "closed",
         **{_symbol(block): place for block, place in places.items()},

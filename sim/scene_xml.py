@@ -162,12 +162,15 @@ def _table_xml(cfg: SceneConfig) -> str:
       <body name="switch_panel" pos="{_f(lay.switch)}" quat="{sw_quat}">
         {_box("switch_panel_geom", (-0.04, 0.002, -0.03), (0.04, 0.018, 0.13), white)}
       </body>
-      <body name="switch" pos="{_f(lay.switch)}" quat="{sw_quat}">
-        <joint name="switch" type="slide" axis="0 0 1" range="0 {SWITCH_RANGE}" damping="5"
+      <body name="switch" pos="{_f(lay.switch)}" quat="{sw_quat}" gravcomp="1">
+        <!-- gravity-compensated: a soft friction constraint alone lets the knob creep down the rail -->
+        <joint name="switch" type="slide" axis="0 0 1" range="0 {SWITCH_RANGE}" damping="50"
                frictionloss="3"/>
         <geom name="switch_knob" type="box" pos="0 -0.022 0" size="0.015 0.02 0.012"
               rgba="0.4 0.4 0.4 1" mass="0.2" {WORLD_COLLISION}/>
       </body>
+      <geom name="button_base" type="cylinder" pos="{_f((lay.button[0], lay.button[1], top + 0.006))}"
+            size="0.036 0.006" rgba="0.6 0.6 0.6 1" contype="0" conaffinity="0"/>
       <body name="button" pos="{_f(lay.button)}">
         <joint name="button" type="slide" axis="0 0 -1" range="0 {BUTTON_RANGE}" stiffness="300"
                springref="-0.005" damping="5"/>

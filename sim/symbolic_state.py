@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -45,17 +44,6 @@ FNV1_32_OFFSET = 2166136261
 FNV1_32_PRIME = 16777619
 
 
-@contextmanager
-def temp_seed(seed: int) -> Iterator[None]:
-    """Seed numpy's global RNG for the block, then restore its previous state."""
-    saved = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(saved)
-
-
 def fnv1_32(data: bytes) -> int:
     """32-bit FNV-1 hash (multiply, then xor), the hash CALVIN seeds block placement with."""
     h = FNV1_32_OFFSET
@@ -67,6 +55,8 @@ def fnv1_32(data: bytes) -> int:
 
 def canonical_state(state: Mapping[str, object]) -> dict[str, int | str]:
     """``state`` as a dict in CALVIN's key order with plain int/str values; fails on bad input."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"a symbolic state is a mapping of {list(STATE_VALUES)}, got {state!r}")
     unknown = sorted(set(state) - set(STATE_VALUES))
     if unknown:
         raise ValueError(f"unknown symbolic state keys {unknown}; expected {list(STATE_VALUES)}")
@@ -94,21 +84,22 @@ def physical_state(initial_state: Mapping[str, object]) -> tuple[np.ndarray, np.
     """
     state = canonical_state(initial_state)
     seed = fnv1_32(str(state.values()).encode("utf-8"))
+    # RandomState(seed) replays what CALVIN draws from the global RNG after np.random.seed(seed);
+    # the draws (shuffle, then red, blue, pink yaw) must stay in this order.
+    rng = np.random.RandomState(seed)
     table = list(TABLE_SLOTS)
+    rng.shuffle(table)
     scene_obs = np.zeros(24)
-    # The draws (shuffle, then red, blue, pink yaw) must stay in CALVIN's order.
-    with temp_seed(seed):
-        np.random.shuffle(table)
-        scene_obs[0] = SLIDER_OPEN if state["slider"] == "left" else 0.0
-        scene_obs[1] = DRAWER_OPEN if state["drawer"] == "open" else 0.0
-        scene_obs[3] = SWITCH_ON if state["lightbulb"] == 1 else 0.0
-        scene_obs[4] = state["lightbulb"]
-        scene_obs[5] = state["led"]
-        scene_obs[6:9] = _block_xyz(state["red_block"], table[0])
-        scene_obs[11] = np.random.uniform(*YAW_RANGE)
-        blue_table_slot = table[1] if state["red_block"] == "table" else table[0]
-        scene_obs[12:15] = _block_xyz(state["blue_block"], blue_table_slot)
-        scene_obs[17] = np.random.uniform(*YAW_RANGE)
-        scene_obs[18:21] = _block_xyz(state["pink_block"], table[1])
-        scene_obs[23] = np.random.uniform(*YAW_RANGE)
+    scene_obs[0] = SLIDER_OPEN if state["slider"] == "left" else 0.0
+    scene_obs[1] = DRAWER_OPEN if state["drawer"] == "open" else 0.0
+    scene_obs[3] = SWITCH_ON if state["lightbulb"] == 1 else 0.0
+    scene_obs[4] = state["lightbulb"]
+    scene_obs[5] = state["led"]
+    scene_obs[6:9] = _block_xyz(state["red_block"], table[0])
+    scene_obs[11] = rng.uniform(*YAW_RANGE)
+    blue_table_slot = table[1] if state["red_block"] == "table" else table[0]
+    scene_obs[12:15] = _block_xyz(state["blue_block"], blue_table_slot)
+    scene_obs[17] = rng.uniform(*YAW_RANGE)
+    scene_obs[18:21] = _block_xyz(state["pink_block"], table[1])
+    scene_obs[23] = rng.uniform(*YAW_RANGE)
     return ROBOT_OBS.copy(), scene_obs

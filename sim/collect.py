@@ -1,0 +1,380 @@
+"""Record scripted-expert play as a CALVIN data set (layout: ``sim/calvin_dataset.py``).
+
+Each episode starts from a random valid scene and chains random feasible tasks; every frame
+is recorded. Episodes are written to ``out/.episodes/ep_XXXX`` (renamed there from
+``ep_XXXX.partial`` when complete), so an interrupted run loses only unfinished episodes;
+the ``training/`` and ``validation/`` split folders are assembled from them at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from sim.annotations import training_sentences
+from sim.calvin_dataset import (
+    EP_IDS_FILE,
+    LANG_FILE,
+    SCENE_INFO_FILE,
+    STATISTICS_FILE,
+    STATISTICS_KEYS,
+    frame_file,
+)
+from sim.chains import task_names
+from sim.language import EMBEDDING_DIM, embed_sentences
+from sim.policy import Policy, make_policy
+from sim.scene_config import SCENES, SceneConfig
+from sim.scene_reading import feasible_tasks, symbolic_state
+from sim.snapshot import Snapshot
+from sim.state_sampler import default_robot_obs, sample_scene_obs
+
+MAX_TASK_STEPS = 360  # CALVIN's budget per subtask
+SETTLE_STEPS = 5  # unrecorded steps after reset so freshly placed blocks touch their surfaces
+HOLD_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+EPISODES_DIR = ".episodes"
+SETTINGS_FILE = "settings.json"
+SPLITS = ("training", "validation")
+SPLIT_STREAM = 1  # keeps the split draw independent of the episode seeds (seed, index)
+
+Frame = dict[str, np.ndarray]
+FrameSink = Callable[[int, Frame], None]
+PolicyFactory = Callable[[str, int, float], Policy]  # (scene name, seed, action noise) -> policy
+Embedder = Callable[[list[str]], np.ndarray]
+
+
+class Oracle(Protocol):
+    def succeeded(self, task: str, start: Snapshot, current: Snapshot) -> bool: ...
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Settings of ``dream-policy collect`` (configs/collect.yaml)."""
+
+    scene: str = "D"
+    num_episodes: int = 4
+    episode_len: int = 1024
+    out: str = "data/playtable_D"
+    workers: int = 2
+    seed: int = 0
+    action_noise: float = 0.05
+    validation_fraction: float = 0.1
+    window: int = 64
+
+    def __post_init__(self) -> None:
+        if self.scene not in SCENES:
+            raise ValueError(f"collect: scene {self.scene!r} is not one of {list(SCENES)}")
+        for name in ("num_episodes", "episode_len", "workers", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"collect: {name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"collect: seed must be an integer >= 0, got {self.seed!r}")
+        if not self.action_noise >= 0:
+            raise ValueError(f"collect: action_noise must be >= 0, got {self.action_noise!r}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"collect: validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> CollectConfig:
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(cfg) - set(valid))
+        if unknown:
+            raise ValueError(f"collect: unknown config keys {unknown}; valid keys: {valid}")
+        return cls(**{k: cfg[k] for k in cfg})
+
+    def episode_settings(self) -> dict[str, Any]:
+        """The settings a recorded episode depends on (must not change when resuming)."""
+        return {"scene": self.scene, "episode_len": self.episode_len, "seed": self.seed,
+                "action_noise": float(self.action_noise)}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One task attempt: frames ``start``..``end``; if it succeeded, ``end`` is the first frame
+    showing success and ``sentence`` the training instruction that annotates it."""
+
+    task: str
+    start: int
+    end: int
+    succeeded: bool
+    sentence: str | None = None
+
+
+# ---- one episode ------------------------------------------------------------------------------
+
+def expert_policy(scene: str, seed: int, noise: float) -> Policy:
+    """The scripted expert; it adds the action noise itself so its stored target stays in sync."""
+    return make_policy("expert", scene=scene, seed=seed, noise=noise)
+
+
+def episode_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, index])
+
+
+def sent_action(action: np.ndarray) -> np.ndarray:
+    """The relative action as sent and recorded: pose dims clipped to [-1, 1], gripper +-1."""
+    action = np.asarray(action, dtype=float)
+    if action.shape != (7,):
+        raise ValueError(f"policy returned an action of shape {action.shape}; expected (7,)")
+    return np.concatenate([np.clip(action[:6], -1.0, 1.0), [1.0 if action[6] > 0 else -1.0]])
+
+
+def choose_task(snapshot: Snapshot, cfg: SceneConfig, rng: np.random.Generator) -> str:
+    """A uniformly random task feasible in the snapshot's symbolic state (any task if none is)."""
+    tasks = feasible_tasks(symbolic_state(snapshot, cfg)) or list(task_names())
+    return str(rng.choice(tasks))
+
+
+class Rollout:
+    """An episode in progress: steps the policy, records each frame, tracks the latest snapshot."""
+
+    def __init__(self, env: Any, policy: Policy, rng: np.random.Generator, sink: FrameSink) -> None:
+        self.env, self.policy, self.sink = env, policy, sink
+        start = {"robot_obs": default_robot_obs(), "scene_obs": sample_scene_obs(rng, env.cfg)}
+        self.obs, info = env.reset(options=start)
+        for _ in range(SETTLE_STEPS):
+            self.obs, _, _, _, info = env.step(HOLD_ACTION)
+        self.snapshot: Snapshot = info["snapshot"]
+        self.frame = 0
+
+    def step(self, instruction: str) -> None:
+        rel = sent_action(self.policy.step(self.obs, instruction))
+        next_obs, _, _, _, info = self.env.step(rel)
+        absolute = np.concatenate([self.env.target_pos, self.env.target_euler, rel[6:]])
+        self.sink(self.frame, {**self.obs, "actions": absolute, "rel_actions": rel})
+        self.obs, self.snapshot = next_obs, info["snapshot"]
+        self.frame += 1
+
+
+def attempt_task(rollout: Rollout, oracle: Oracle, task: str, episode_len: int,
+                 max_steps: int = MAX_TASK_STEPS) -> bool:
+    """Run the policy on ``task`` until the oracle reports success within the recorded frames."""
+    rollout.policy.reset()
+    start = rollout.snapshot
+    for _ in range(max_steps):
+        if rollout.frame >= episode_len:
+            return False
+        rollout.step(task)
+        if oracle.succeeded(task, start, rollout.snapshot):
+            return rollout.frame < episode_len  # the success frame itself must be recorded
+    return False
+
+
+def collect_episode(env: Any, policy: Policy, oracle: Oracle, rng: np.random.Generator, sink: FrameSink,
+                    episode_len: int, max_task_steps: int = MAX_TASK_STEPS) -> list[Attempt]:
+    """Play random feasible tasks until ``episode_len`` frames are recorded; every attempt made."""
+    sentences = training_sentences()
+    rollout = Rollout(env, policy, rng, sink)
+    attempts = []
+    while rollout.frame < episode_len:
+        task, start = choose_task(rollout.snapshot, env.cfg, rng), rollout.frame
+        if attempt_task(rollout, oracle, task, episode_len, max_task_steps):
+            attempts.append(Attempt(task, start, rollout.frame, True, str(rng.choice(sentences[task]))))
+        else:
+            attempts.append(Attempt(task, start, rollout.frame - 1, False))
+    return attempts
+
+
+# ---- episode folders ----------------------------------------------------------------------------
+
+def episode_dir(out: Path, index: int) -> Path:
+    return out / EPISODES_DIR / f"ep_{index:04d}"
+
+
+class EpisodeWriter:
+    """Frame sink writing ``episode_%07d.npz`` (episode-local ids) and keeping low-dim arrays."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True)
+        self.lowdim: dict[str, list[np.ndarray]] = {k: [] for k in STATISTICS_KEYS}
+
+    def __call__(self, frame_id: int, frame: Frame) -> None:
+        np.savez(frame_file(self.folder, frame_id), **frame)
+        for key, values in self.lowdim.items():
+            values.append(frame[key])
+
+    def finish(self, attempts: list[Attempt]) -> None:
+        np.savez(self.folder / "lowdim.npz", **{k: np.stack(v) for k, v in self.lowdim.items()})
+        meta = {"frames": len(self.lowdim["actions"]), "attempts": [asdict(a) for a in attempts]}
+        (self.folder / "episode.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def record_episode(index: int, config: CollectConfig, env: Any, policy_factory: PolicyFactory,
+                   oracle: Oracle) -> Path:
+    """Collect episode ``index`` into its temp folder and mark it done by renaming."""
+    final = episode_dir(Path(config.out), index)
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    rng = episode_rng(config.seed, index)
+    policy = policy_factory(config.scene, int(rng.integers(2**31)), config.action_noise)
+    writer = EpisodeWriter(partial)
+    writer.finish(collect_episode(env, policy, oracle, rng, writer, config.episode_len))
+    os.replace(partial, final)
+    return final
+
+
+def check_settings(config: CollectConfig) -> None:
+    """Record the episode settings in a new output folder; refuse to mix with other settings."""
+    path = Path(config.out) / EPISODES_DIR / SETTINGS_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved != config.episode_settings():
+            raise ValueError(f"{config.out} holds episodes recorded with {saved}, not "
+                             f"{config.episode_settings()}; choose another out or delete that folder")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config.episode_settings()), encoding="utf-8")
+
+
+# ---- running episodes (in worker processes) ----------------------------------------------------
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(config: CollectConfig, policy_factory: PolicyFactory, oracle: Oracle | None) -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from sim.env import PlayTableEnv  # after MUJOCO_GL is set
+    from sim.task_oracle import TaskOracle
+
+    _worker.update(config=config, env=PlayTableEnv(config.scene, render=True),
+                   policy_factory=policy_factory, oracle=oracle or TaskOracle())
+
+
+def _run_episode(index: int) -> int:
+    w = _worker
+    record_episode(index, w["config"], w["env"], w["policy_factory"], w["oracle"])
+    return index
+
+
+def _close_worker() -> None:
+    if "env" in _worker:
+        _worker.pop("env").close()
+    _worker.clear()
+
+
+def run_episodes(config: CollectConfig, indices: list[int], policy_factory: PolicyFactory,
+                 oracle: Oracle | None) -> None:
+    """Record the episodes ``indices``: in this process if ``workers`` is 1, else in a spawn pool."""
+    bar = tqdm(total=len(indices) * config.episode_len, unit="frame", desc="collect", smoothing=0.1)
+    workers = min(config.workers, len(indices))
+    try:
+        if workers <= 1:
+            _init_worker(config, policy_factory, oracle)
+            try:
+                for _ in map(_run_episode, indices):
+                    bar.update(config.episode_len)
+            finally:
+                _close_worker()
+            return
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(workers, _init_worker, (config, policy_factory, oracle), maxtasksperchild=None) as pool:
+            for _ in pool.imap_unordered(_run_episode, indices):
+                bar.update(config.episode_len)
+    finally:
+        bar.close()
+
+
+# ---- assembling the split folders -------------------------------------------------------------
+
+def split_episodes(num_episodes: int, validation_fraction: float, seed: int) -> dict[str, list[int]]:
+    """Episode indices per split: ``validation_fraction`` (>= 1 when there are 2+) go to validation."""
+    n_val = min(max(round(validation_fraction * num_episodes), 1), num_episodes - 1) if num_episodes >= 2 else 0
+    rng = np.random.default_rng([seed, SPLIT_STREAM])
+    validation = sorted(int(i) for i in rng.choice(num_episodes, n_val, replace=False))
+    return {"training": [i for i in range(num_episodes) if i not in validation], "validation": validation}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link (no extra disk, temp episodes stay intact for re-assembly); copy where unsupported."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _episode_meta(out: Path, index: int) -> dict[str, Any]:
+    return json.loads((episode_dir(out, index) / "episode.json").read_text(encoding="utf-8"))
+
+
+def statistics(out: Path, indices: list[int]) -> dict[str, dict[str, list[float]]]:
+    """Per-dimension mean/std of STATISTICS_KEYS over the frames of the given episodes."""
+    stats = {}
+    for key in STATISTICS_KEYS:
+        values = np.concatenate([np.load(episode_dir(out, i) / "lowdim.npz")[key] for i in indices])
+        stats[key] = {"mean": values.mean(0).tolist(), "std": values.std(0).tolist()}
+    return stats
+
+
+def language_annotations(spans: list[tuple[int, int, str, str]], embed: Embedder) -> dict[str, Any]:
+    """CALVIN's ``auto_lang_ann`` dict from (start, end, task, sentence) windows."""
+    sentences = [s for _, _, _, s in spans]
+    unique = sorted(set(sentences))
+    vectors = dict(zip(unique, embed(unique))) if unique else {}
+    emb = np.stack([vectors[s] for s in sentences]).astype(np.float32) if spans else \
+        np.zeros((0, EMBEDDING_DIM), np.float32)
+    return {
+        "language": {"ann": sentences, "task": [t for _, _, t, _ in spans], "emb": emb[:, None, :]},
+        "info": {"episodes": [], "indx": [(start, end) for start, end, _, _ in spans]},
+    }
+
+
+def assemble_split(config: CollectConfig, split: str, indices: list[int],
+                   stats: dict[str, Any], embed: Embedder) -> Path:
+    """Write one split folder: renumbered frames, episode ids, scene info, statistics, language."""
+    out = Path(config.out)
+    folder = out / split
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    ep_ids, spans, next_id = [], [], 0
+    for index in indices:
+        meta = _episode_meta(out, index)
+        for local in range(meta["frames"]):
+            _link_or_copy(frame_file(episode_dir(out, index), local), frame_file(folder, next_id + local))
+        ep_ids.append((next_id, next_id + meta["frames"] - 1))
+        for a in filter(lambda a: a["succeeded"], meta["attempts"]):
+            end = next_id + a["end"]
+            spans.append((max(next_id, end - config.window + 1), end, a["task"], a["sentence"]))
+        next_id += meta["frames"]
+    np.save(folder / EP_IDS_FILE, np.asarray(ep_ids, dtype=np.int64).reshape(-1, 2))
+    np.save(folder / SCENE_INFO_FILE, {f"calvin_scene_{config.scene}": [0, next_id - 1]} if next_id else {})
+    (folder / STATISTICS_FILE).write_text(yaml.safe_dump(stats, sort_keys=False), encoding="utf-8")
+    (folder / LANG_FILE).parent.mkdir()
+    np.save(folder / LANG_FILE, language_annotations(spans, embed))
+    return folder
+
+
+# ---- entry points -----------------------------------------------------------------------------
+
+def collect(config: CollectConfig, policy_factory: PolicyFactory = expert_policy,
+            oracle: Oracle | None = None, embed: Embedder | None = None) -> dict[str, Path]:
+    """Record the missing episodes, then (re)assemble both split folders; returns them by name."""
+    out = Path(config.out)
+    check_settings(config)
+    pending = [i for i in range(config.num_episodes) if not episode_dir(out, i).is_dir()]
+    if pending:
+        run_episodes(config, pending, policy_factory, oracle)
+    splits = split_episodes(config.num_episodes, config.validation_fraction, config.seed)
+    stats = statistics(out, splits["training"])  # both splits normalise with the training statistics
+    embed = embed or embed_sentences
+    return {split: assemble_split(config, split, splits[split], stats, embed) for split in SPLITS}
+
+
+def collect_command(cfg: Mapping[str, Any]) -> None:
+    """CLI: ``dream-policy collect`` with the keys of configs/collect.yaml."""
+    config = CollectConfig.from_mapping(cfg)
+    folders = collect(config)
+    for split, folder in folders.items():
+        ids = np.load(folder / EP_IDS_FILE)
+        frames = int((ids[:, 1] - ids[:, 0] + 1).sum()) if ids.size else 0
+        print(f"{split}: {len(ids)} episodes, {frames} frames -> {folder}")

@@ -1,0 +1,237 @@
+"""Tests for sim.collect (with a fake policy, oracle and embedder) and sim.calvin_dataset."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim.calvin_dataset import EXTRA_FRAME_KEYS, FRAME_KEYS, CalvinDataset, frame_file
+from sim.collect import (
+    CollectConfig,
+    choose_task,
+    collect,
+    collect_command,
+    collect_episode,
+    episode_dir,
+    sent_action,
+    split_episodes,
+)
+from sim.scene_reading import feasible_tasks, symbolic_state
+
+EPISODE_LEN = 7
+CREATED: list[int] = []
+
+
+class WigglePolicy:
+    """Moves a little along x and opens the gripper: enough to exercise clipping and recording."""
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def step(self, obs: dict, instruction: str) -> np.ndarray:
+        assert isinstance(instruction, str) and obs["rgb_static"].shape == (200, 200, 3)
+        return np.array([2.0, 0, 0, 0, 0, 0, 0.5])
+
+
+def wiggle_policy(scene: str, seed: int, noise: float) -> WigglePolicy:
+    CREATED.append(seed)
+    return WigglePolicy()
+
+
+class EveryThirdStep:
+    """Reports success on the third step of each attempt, so annotations appear at known frames."""
+
+    def __init__(self) -> None:
+        self.start, self.calls = None, 0
+
+    def succeeded(self, task, start, current) -> bool:
+        if start is not self.start:
+            self.start, self.calls = start, 0
+        self.calls += 1
+        return self.calls == 3
+
+
+def fake_embed(sentences: list[str]) -> np.ndarray:
+    """Deterministic stand-in for MiniLM (the real model is tested in test_language)."""
+    return np.stack([np.random.default_rng(zlib.crc32(s.encode())).normal(size=384) for s in sentences])
+
+
+def config(tmp_path: Path, **overrides) -> CollectConfig:
+    values = {"out": str(tmp_path / "data"), "num_episodes": 3, "episode_len": EPISODE_LEN, "workers": 1,
+              "validation_fraction": 0.34, "window": 4, "seed": 3}
+    return CollectConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def env():
+    from sim.env import PlayTableEnv
+
+    env = PlayTableEnv("D")
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("collect")
+    return collect(config(tmp), wiggle_policy, EveryThirdStep(), fake_embed)
+
+
+# ---- one episode ----------------------------------------------------------------------------
+
+def test_sent_action_clips_pose_and_snaps_gripper():
+    np.testing.assert_array_equal(sent_action(np.array([2, -3, 0.5, 0, 0, 1, 0.2])), [1, -1, 0.5, 0, 0, 1, 1])
+    assert sent_action(np.zeros(7))[6] == -1
+    with pytest.raises(ValueError, match="shape"):
+        sent_action(np.zeros(6))
+
+
+def test_chosen_task_is_feasible(env):
+    _, info = env.reset(seed=0)
+    snap = info["snapshot"]
+    rng = np.random.default_rng(0)
+    tasks = {choose_task(snap, env.cfg, rng) for _ in range(20)}
+    assert tasks <= set(feasible_tasks(symbolic_state(snap, env.cfg))) and len(tasks) > 1
+
+
+def test_collect_episode_records_every_frame(env):
+    frames: dict[int, dict] = {}
+    policy = WigglePolicy()
+    attempts = collect_episode(env, policy, EveryThirdStep(), np.random.default_rng(0),
+                               frames.__setitem__, episode_len=EPISODE_LEN, max_task_steps=5)
+    assert sorted(frames) == list(range(EPISODE_LEN))
+    assert [a.succeeded for a in attempts] == [True, True, False]  # success at frames 3 and 6, then cut off
+    assert [(a.start, a.end) for a in attempts] == [(0, 3), (3, 6), (6, 6)]
+    assert policy.resets == len(attempts) and all(a.sentence for a in attempts[:2])
+    rel = np.stack([f["rel_actions"] for f in frames.values()])
+    np.testing.assert_array_equal(rel[:, [0, 6]], np.ones((EPISODE_LEN, 2)))
+    absolute = np.stack([f["actions"] for f in frames.values()])
+    np.testing.assert_allclose(np.diff(absolute[:, 0]), 0.02)  # the stored target moves 2 cm a step
+    np.testing.assert_allclose(absolute[-1, :6], np.concatenate([env.target_pos, env.target_euler]))
+
+
+# ---- the data set on disk ------------------------------------------------------------------
+
+def test_layout_round_trips(dataset):
+    folders = dataset
+    assert set(folders) == {"training", "validation"}
+    train, val = CalvinDataset(folders["training"]), CalvinDataset(folders["validation"])
+    assert train.episodes() == [(0, EPISODE_LEN - 1), (EPISODE_LEN, 2 * EPISODE_LEN - 1)]
+    assert val.episodes() == [(0, EPISODE_LEN - 1)]
+    assert train.scene_info() == {"calvin_scene_D": [0, 2 * EPISODE_LEN - 1]}
+    frame = train.frame(EPISODE_LEN + 1)
+    for key, (kind, shape) in {**FRAME_KEYS, **EXTRA_FRAME_KEYS}.items():
+        assert frame[key].shape == shape and frame[key].dtype.kind == kind, key
+    assert frame["rgb_static"].dtype == np.uint8 and frame["depth_static"].dtype == np.float32
+    stats = val.statistics()
+    assert stats == train.statistics()
+    assert [len(stats[k]["mean"]) for k in ("robot_obs", "actions", "rel_actions")] == [15, 7, 7]
+
+
+def test_annotations_end_at_success_frames(dataset):
+    folders = dataset
+    train = CalvinDataset(folders["training"])
+    ann = train.annotations()
+    emb = ann["language"]["emb"]
+    assert emb.dtype == np.float32 and emb.shape == (len(ann["language"]["ann"]), 1, 384)
+    assert len(ann["language"]["ann"]) == 4  # two successes per episode (frames 3 and 6)
+    assert ann["info"]["indx"] == [(0, 3), (3, 6), (7, 10), (10, 13)]  # window 4, ends at success
+    np.testing.assert_allclose(emb[:, 0], fake_embed(ann["language"]["ann"]))
+    from sim.annotations import training_sentences
+
+    for task, sentence in zip(ann["language"]["task"], ann["language"]["ann"]):
+        assert sentence in training_sentences()[task]
+
+
+def test_resume_skips_finished_episodes(tmp_path):
+    cfg = config(tmp_path, num_episodes=3)
+    collect(cfg, wiggle_policy, EveryThirdStep(), fake_embed)
+    out = Path(cfg.out)
+    kept = {i: frame_file(episode_dir(out, i), 0).stat().st_mtime_ns for i in (0, 2)}
+    lost = episode_dir(out, 1)
+    lost.rename(lost.with_name(lost.name + ".partial"))  # as if killed while recording episode 1
+    CREATED.clear()
+    folders = collect(cfg, wiggle_policy, EveryThirdStep(), fake_embed)
+    assert len(CREATED) == 1 and episode_dir(out, 1).is_dir()
+    assert not lost.with_name(lost.name + ".partial").exists()
+    assert {i: frame_file(episode_dir(out, i), 0).stat().st_mtime_ns for i in (0, 2)} == kept
+    assert sum(len(list(f.glob("episode_*.npz"))) for f in folders.values()) == 3 * EPISODE_LEN
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    collect(config(tmp_path, num_episodes=1), wiggle_policy, EveryThirdStep(), fake_embed)
+    with pytest.raises(ValueError, match="episode_len"):
+        collect(config(tmp_path, num_episodes=1, episode_len=5), wiggle_policy, EveryThirdStep(), fake_embed)
+
+
+def test_single_episode_gives_an_empty_validation_split(tmp_path):
+    folders = collect(config(tmp_path, num_episodes=1), wiggle_policy, EveryThirdStep(), fake_embed)
+    val = CalvinDataset(folders["validation"])
+    assert val.episodes() == [] and len(val) == 0 and val.scene_info() == {}
+    assert val.annotations()["language"]["emb"].shape == (0, 1, 384)
+
+
+@pytest.mark.parametrize(("n", "fraction", "n_val"), [(1, 0.5, 0), (2, 0.0, 1), (10, 0.1, 1), (10, 0.25, 2),
+                                                      (3, 0.9, 2)])
+def test_split_sizes(n, fraction, n_val):
+    splits = split_episodes(n, fraction, seed=0)
+    assert len(splits["validation"]) == n_val
+    assert sorted(splits["training"] + splits["validation"]) == list(range(n))
+    assert splits == split_episodes(n, fraction, seed=0)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"scene": "E"}, "scene 'E'"),
+    ({"num_episodes": -1}, "num_episodes"),
+    ({"episode_len": 0}, "episode_len"),
+    ({"workers": 0}, "workers"),
+    ({"action_noise": -0.1}, "action_noise"),
+    ({"validation_fraction": 1.0}, "validation_fraction"),
+    ({"speed": 3}, "unknown config keys"),
+])
+def test_bad_config_is_rejected(tmp_path, overrides, message):
+    cfg = {**CollectConfig().__dict__, "out": str(tmp_path), **overrides}
+    with pytest.raises(ValueError, match=message):
+        collect_command(cfg)
+
+
+# ---- the reader's errors -----------------------------------------------------------------------
+
+def test_reader_names_missing_files_and_keys(dataset, tmp_path):
+    folders = dataset
+    with pytest.raises(FileNotFoundError, match="ep_start_end_ids"):
+        CalvinDataset(tmp_path)
+    ds = CalvinDataset(folders["training"])
+    with pytest.raises(FileNotFoundError, match="episode_0009999.npz"):
+        ds.frame(9999)
+    with pytest.raises(KeyError, match=r"episode_0000000.npz lacks key\(s\) \['tactile'\]"):
+        ds.frame(0, keys=("tactile",))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    np.save(broken / "ep_start_end_ids.npy", np.array([[0, 1]]))
+    np.savez(broken / "episode_0000000.npz", actions=np.zeros(7))
+    np.savez(broken / "episode_0000001.npz", actions=np.zeros(7))
+    with pytest.raises(KeyError, match="rel_actions"):
+        CalvinDataset(broken).frame(1)
+    np.save(broken / "ep_start_end_ids.npy", np.array([[0, 3]]))
+    with pytest.raises(FileNotFoundError, match="episode_0000003.npz"):
+        CalvinDataset(broken)
+
+
+@pytest.mark.slow
+def test_worker_pool_with_scripted_expert(tmp_path):
+    """Two spawned workers run the real expert and oracle; the real embedder labels the windows."""
+    cfg = config(tmp_path, num_episodes=2, episode_len=120, workers=2, window=64)
+    folders = collect(cfg)
+    train = CalvinDataset(folders["training"])
+    assert train.episodes() == [(0, 119)] and len(CalvinDataset(folders["validation"])) == 120
+    meta = json.loads((episode_dir(Path(cfg.out), 0) / "episode.json").read_text())
+    assert meta["frames"] == 120 and meta["attempts"]
+    assert train.annotations()["language"]["emb"].shape[1:] == (1, 384)

@@ -1,0 +1,181 @@
+"""The evaluator: metrics, shard merging, the chain protocol on the real env, and an end-to-end run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sim import evaluate as ev
+from sim.chains import Chain
+from sim.env import PlayTableEnv
+from sim.policy import POLICIES
+
+# CALVIN's first reference chain (docs/calvin.md).
+STATE = {"led": 1, "lightbulb": 1, "slider": "left", "drawer": "open", "red_block": "slider_left",
+         "blue_block": "table", "pink_block": "slider_right", "grasped": 0}
+TASKS = ("rotate_blue_block_right", "move_slider_right", "lift_red_block_slider", "place_in_slider",
+         "turn_off_lightbulb")
+CHAIN = Chain(STATE, TASKS)
+OTHER = Chain({**STATE, "led": 0}, ("open_drawer", "push_pink_block_left", "turn_on_led", "move_slider_left",
+                                     "lift_blue_block_table"))
+
+
+class IdlePolicy:
+    """Holds still with the gripper open; counts calls."""
+
+    def __init__(self) -> None:
+        self.resets, self.steps, self.instructions, self.seeds = 0, 0, [], []
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def step(self, obs, instruction):
+        self.steps += 1
+        self.instructions.append(instruction)
+        return np.array([0, 0, 0, 0, 0, 0, 1.0])
+
+    def seed(self, seed: int) -> None:
+        self.seeds.append(seed)
+
+
+class AfterKStepsOracle:
+    """Reports ``task`` done on its ``k``-th check since the subtask's start snapshot changed."""
+
+    def __init__(self, steps_needed: dict) -> None:
+        self.steps_needed, self.start, self.calls = steps_needed, None, 0
+
+    def succeeded(self, task, start, current) -> bool:
+        if start is not self.start:
+            self.start, self.calls = start, 0
+        self.calls += 1
+        return self.calls == self.steps_needed.get(task, -1)
+
+
+def record(index, num_successes, tasks=TASKS):
+    return {"index": index, "tasks": list(tasks), "num_successes": num_successes}
+
+
+RECORDS = [record(0, 0), record(1, 2), record(2, 5), record(3, 1)]
+CONFIG = {"policy": "idle", "policy_options": {}, "scene": "D", "ep_len": 5, "seed": 0, "shard": None}
+
+
+@pytest.fixture(scope="module")
+def env():
+    env = PlayTableEnv("D", render=False)
+    yield env
+    env.close()
+
+
+def test_metrics_from_records():
+    m = ev.metrics_from_records(RECORDS)
+    assert m["num_chains"] == 4
+    assert m["avg_seq_len"] == pytest.approx(2.0)
+    assert m["chain_sr"] == pytest.approx([0.75, 0.5, 0.25, 0.25, 0.25])
+    # Attempts stop at the first failure: chain 0 tried TASKS[0] only, chain 1 tried three tasks.
+    assert m["per_task"] == {TASKS[0]: [3, 4], TASKS[1]: [2, 3], TASKS[2]: [1, 2], TASKS[3]: [1, 1],
+                             TASKS[4]: [1, 1]}
+
+
+def test_metrics_need_records():
+    with pytest.raises(ValueError, match="no chain records"):
+        ev.metrics_from_records([])
+
+
+def test_merged_shards_equal_unsharded():
+    whole = ev.build_results(RECORDS, CONFIG)
+    shards = [ev.build_results(RECORDS[i::2], {**CONFIG, "shard": f"{i}/2"}) for i in range(2)]
+    merged = ev.merge_results(shards)
+    assert merged["config"]["shard"] == ["0/2", "1/2"]
+    assert {k: v for k, v in merged.items() if k != "config"} == {k: v for k, v in whole.items() if k != "config"}
+
+
+def test_merge_dedupes_identical_and_rejects_conflicts():
+    part = ev.build_results(RECORDS[:2], CONFIG)
+    assert ev.merge_results([part, part])["num_chains"] == 2
+    conflicting = ev.build_results([record(1, 3)], CONFIG)
+    with pytest.raises(ValueError, match="chain 1 appears twice"):
+        ev.merge_results([part, conflicting])
+    with pytest.raises(ValueError, match="different 'ep_len'"):
+        ev.merge_results([part, ev.build_results(RECORDS[2:], {**CONFIG, "ep_len": 360})])
+
+
+def test_idle_policy_fails_first_subtask_and_stops(env):
+    policy = IdlePolicy()
+    result = ev.run_chain(env, policy, CHAIN, ev.TaskOracle(), ep_len=5, index=3)
+    assert (result.index, result.successes, result.steps, result.frames) == (3, [False], [5], None)
+    assert (policy.resets, policy.steps) == (1, 5)
+    assert set(policy.instructions) == {ev.eval_instruction(TASKS[0])}
+    assert result.record() == {"index": 3, "tasks": list(TASKS), "num_successes": 0, "steps": [5]}
+
+
+def test_chain_stops_at_first_failure_and_counts_steps(env, monkeypatch):
+    resets = []
+    monkeypatch.setattr(env, "reset", lambda reset=env.reset, **kw: resets.append(1) or reset(**kw))
+    policy = IdlePolicy()
+    oracle = AfterKStepsOracle({TASKS[0]: 2, TASKS[1]: 3, TASKS[3]: 1})  # TASKS[2] never succeeds
+    result = ev.run_chain(env, policy, CHAIN, oracle, ep_len=4)
+    assert result.successes == [True, True, False]
+    assert result.steps == [2, 3, 4]
+    assert result.num_successes == 2
+    assert (policy.resets, policy.steps, len(resets)) == (3, 9, 1)
+
+
+def test_runner_seeds_policy_per_chain(monkeypatch):
+    monkeypatch.setitem(POLICIES, "idle", f"{__name__}:IdlePolicy")
+    runner = ev.ChainRunner(ev.RunSetup("idle", {}, "D", render=False, ep_len=1, seed=100, video_dir=None))
+    try:
+        runner((7, CHAIN, False))
+        runner((2, OTHER, False))
+    finally:
+        runner.close()
+    assert runner.policy.seeds == [107, 102]
+
+
+def test_caption_writes_text_on_a_dark_band():
+    frame = np.full((ev.VIDEO_SIZE, ev.VIDEO_SIZE, 3), 128, dtype=np.uint8)
+    out = ev.caption(frame, "open the drawer")
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    band = out[:15]
+    assert (band == 0).any() and (band > 200).any()
+    assert (out[-100:] == 128).all()
+
+
+def test_policy_options_and_chain_selection(tmp_path):
+    assert ev.policy_options({"policy": "expert", "ckpt": None, "scene": "B"}) == {"scene": "B"}
+    assert ev.policy_options({"policy": "checkpoint", "ckpt": "a.pt"}) == {"ckpt": "a.pt"}
+    with pytest.raises(ValueError, match="needs ckpt"):
+        ev.policy_options({"policy": "checkpoint", "ckpt": None})
+    path = tmp_path / "chains.json"
+    path.write_text(json.dumps([c.to_json() for c in (CHAIN, OTHER, CHAIN)]))
+    assert ev.select_chains(3, "1/2", str(path)) == [(1, OTHER)]
+    assert ev.select_chains(2, None, str(path)) == [(0, CHAIN), (1, OTHER)]
+    with pytest.raises(ValueError, match="num_sequences"):
+        ev.select_chains(4, None, str(path))
+
+
+def test_eval_command_merges_shard_dirs(tmp_path, capsys):
+    dirs = []
+    for i in range(2):
+        dirs.append(tmp_path / f"shard{i}")
+        ev.write_results(ev.build_results(RECORDS[i::2], {**CONFIG, "shard": f"{i}/2"}), dirs[-1])
+    out = tmp_path / "merged"
+    ev.eval_command({"merge": [str(d) for d in dirs], "out_dir": str(out)})
+    merged = json.loads((out / ev.RESULTS_FILE).read_text())
+    assert merged["num_chains"] == 4 and merged["avg_seq_len"] == pytest.approx(2.0)
+    assert (out / ev.PLOT_FILE).stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "avg_seq_len: 2.000" in printed and "75.0%" in printed and TASKS[0] in printed
+
+
+def test_evaluate_end_to_end_in_two_workers(tmp_path, monkeypatch):
+    monkeypatch.setitem(POLICIES, "idle", f"{__name__}:IdlePolicy")
+    results = ev.evaluate([(5, OTHER), (2, CHAIN)], "idle", {}, scene="D", workers=2, ep_len=3, seed=0,
+                          num_videos=1, out_dir=tmp_path, render=True)
+    saved = json.loads((tmp_path / ev.RESULTS_FILE).read_text())
+    assert saved == results
+    assert [c["index"] for c in saved["chains"]] == [2, 5]
+    assert saved["avg_seq_len"] == 0.0 and saved["chain_sr"] == [0.0] * 5
+    assert saved["per_task"] == {TASKS[0]: [0, 1], OTHER.tasks[0]: [0, 1]}
+    assert (tmp_path / ev.PLOT_FILE).stat().st_size > 0
+    video = tmp_path / ev.VIDEO_DIR / "chain_0002.mp4"
+    assert saved["videos"] == [str(video)] and video.stat().st_size > 0
