@@ -9,9 +9,9 @@ from scipy.spatial.transform import Rotation
 from sim.annotations import task_for_sentence
 from sim.controller import ORN_SCALE, POS_SCALE
 from sim.expert_plans import Waypoint, plan
+from sim.grasp import to_yaw_band
 from sim.scene_config import SceneConfig
 from sim.task_oracle import TASK_NAMES
-
 
 ORIENTATION_TOL = 0.12  # radians, per Euler angle
 OFFSET_GAIN = 0.3
@@ -27,6 +27,7 @@ def waypoint_action(target_pos: np.ndarray, target_euler: np.ndarray, wp: Waypoi
     """The relative action that moves the stored target towards ``wp`` as fast as allowed."""
     dpos = (np.asarray(wp.pos) - target_pos) / POS_SCALE
     deuler = _wrap(waypoint_euler(wp) - target_euler)
+    deuler[2] = wp.yaw - target_euler[2]  # both inside YAW_BAND: turn the way that avoids joint limits
     return np.concatenate([np.clip(dpos, -1, 1), np.clip(deuler / ORN_SCALE, -1, 1), [1.0 if wp.open else -1.0]])
 
 
@@ -72,6 +73,7 @@ class ScriptedExpert:
         if self.target_pos is None or np.linalg.norm(self.target_pos - robot_obs[:3]) > RESYNC_DISTANCE:
             self.target_pos = robot_obs[:3].copy()
             self.target_euler = robot_obs[3:6].copy()
+            self.target_euler[2] = to_yaw_band(self.target_euler[2])
 
     def step(self, obs: dict, instruction: str) -> np.ndarray:
         task = instruction if instruction in TASK_NAMES else task_for_sentence(instruction)

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim import snapshot as S
+from sim.grasp import choose_grasp, to_yaw_band
 from sim.scene_config import SceneConfig
 from sim.scene_xml import DOOR_OFFSET_X, DRAWER_RANGE, SWITCH_FRAME_DEG, SWITCH_RANGE, TABLE_TOP_Z
 
 SAFE_Z = 0.62
 YAW_X_FINGERS = np.pi / 2  # yaw (gripper pointing down) at which the fingers close along world x
 YAW_Y_FINGERS = 0.0  # ... along world y
-GRIPPER_SPAN = 0.065  # widest block side the open fingers (0.08 m) take reliably
 SHELF_FRONT_Y = 0.03  # blocks behind this line stand on the slider's shelf
 
 
@@ -39,22 +39,6 @@ class Waypoint:
 
 def _wp(pos, yaw, open_, **kw) -> Waypoint:
     return Waypoint(tuple(float(v) for v in pos), float(yaw), bool(open_), **kw)
-
-
-def grasp_yaw(block_yaw: float, size, reference: float = YAW_X_FINGERS, x_fingers: bool = False) -> float:
-    """Yaw for grasping a block of extents ``size``: across a side the open fingers take,
-    nearest to ``reference``; ``x_fingers`` prefers fingers closing along world x (the hand is
-    then short along y, which keeps it off the shelf tower)."""
-    best, best_cost = None, np.inf
-    for k in range(-4, 5):
-        yaw = block_yaw + k * np.pi / 2
-        across = size[1] if k % 2 == 0 else size[0]  # even k: fingers along the block's local y
-        if across > GRIPPER_SPAN:
-            continue
-        cost = abs(yaw - reference) + (2.0 if x_fingers and abs(np.sin(yaw)) < 0.7 else 0.0)
-        if cost < best_cost:
-            best, best_cost = yaw, cost
-    return float(best)
 
 
 def _block(scene_obs: np.ndarray, block: str) -> tuple[np.ndarray, float]:
@@ -107,18 +91,19 @@ def _free_spot(scene_obs: np.ndarray, lo: np.ndarray, hi: np.ndarray, ignore: st
 def plan(task: str, robot_obs: np.ndarray, scene_obs: np.ndarray, cfg: SceneConfig,
          rng: np.random.Generator) -> list[Waypoint]:
     """Waypoints that accomplish ``task`` from this state (empty if there is nothing to do)."""
-    tcp, tcp_yaw = np.asarray(robot_obs[:3]), float(robot_obs[5])
+    tcp, tcp_yaw = np.asarray(robot_obs[:3]), to_yaw_band(float(robot_obs[5]))
     lay = cfg.layout
     parts = task.split("_")
     if task.startswith(("lift_", "unstack")):
         block = f"block_{parts[1]}" if task.startswith("lift_") else _top_block(scene_obs)
-        pos, yaw = _block(scene_obs, block)
-        return pick(tcp, pos, grasp_yaw(yaw, cfg.block_sizes[block], x_fingers=pos[1] > SHELF_FRONT_Y))
+        pos, _ = _block(scene_obs, block)
+        grasp, yaw = choose_grasp(scene_obs, cfg, block, YAW_X_FINGERS, x_fingers=pos[1] > SHELF_FRONT_Y)
+        return pick(tcp, grasp, yaw)
     if task.startswith("rotate_"):
         block, sign = f"block_{parts[1]}", (1 if parts[3] == "left" else -1)
-        pos, yaw = _block(scene_obs, block)
-        start = grasp_yaw(yaw, cfg.block_sizes[block], YAW_X_FINGERS - sign * np.pi / 4)
-        end = start + sign * np.deg2rad(95)
+        turn = sign * np.deg2rad(95)
+        pos, start = choose_grasp(scene_obs, cfg, block, YAW_X_FINGERS - turn / 2, turn=turn)
+        end = start + turn
         return pick(tcp, pos, start, lift=0.03) + [
             _wp(pos + (0, 0, 0.03), end, False, tol=0.01, max_steps=60, wait=4),
             _wp(pos + (0, 0, 0.003), end, False, tol=0.008),
@@ -132,7 +117,7 @@ def plan(task: str, robot_obs: np.ndarray, scene_obs: np.ndarray, cfg: SceneConf
         return _push_into_drawer(tcp, scene_obs, cfg)
     if task in ("move_slider_left", "move_slider_right"):
         q = scene_obs[S.SLIDER_IDX]
-        handle = np.array([lay.slide[0] + DOOR_OFFSET_X - q, -0.012, TABLE_TOP_Z + 0.082])
+        handle = np.array([lay.slide[0] + DOOR_OFFSET_X - q, -0.004, TABLE_TOP_Z + 0.082])
         dx = -(lay.slide_range - q) - 0.01 if task.endswith("left") else q + 0.01
         return _grab_and_move(tcp, handle, YAW_X_FINGERS, np.array([dx, 0, 0]))
     if task in ("open_drawer", "close_drawer"):
@@ -166,13 +151,14 @@ def _push_x(tcp, scene_obs, block: str, sign: int, cfg: SceneConfig) -> list[Way
     pos, yaw = _block(scene_obs, block)
     size = cfg.block_sizes[block]
     half_x = abs(np.cos(yaw)) * size[0] / 2 + abs(np.sin(yaw)) * size[1] / 2
-    start = pos + (-sign * (half_x + 0.025), 0, 0.005)
+    # Fingers closed along x: the hand is long along x, well clear of the door handle behind.
+    start = pos + (-sign * (half_x + 0.025), 0, -0.006)  # low, so the block slides, not tips
     end = start + (sign * 0.14, 0, 0)
-    return _travel(tcp, start, YAW_Y_FINGERS, False) + [
-        _wp(start + (0, 0, 0.05), YAW_Y_FINGERS, False),
-        _wp(start, YAW_Y_FINGERS, False, tol=0.008),
-        _wp(end, YAW_Y_FINGERS, False, tol=0.015, max_steps=60),
-        _wp(end + (0, 0, 0.1), YAW_Y_FINGERS, False, tol=0.03),
+    return _travel(tcp, start, YAW_X_FINGERS, False) + [
+        _wp(start + (0, 0, 0.05), YAW_X_FINGERS, False),
+        _wp(start, YAW_X_FINGERS, False, tol=0.008),
+        _wp(end, YAW_X_FINGERS, False, tol=0.015, max_steps=60),
+        _wp(end + (0, 0, 0.1), YAW_X_FINGERS, False, tol=0.03),
     ]
 
 
@@ -189,7 +175,7 @@ def _push_into_drawer(tcp, scene_obs, cfg: SceneConfig) -> list[Waypoint]:
     steps: list[Waypoint] = []
     if abs(pos[0] - drawer_x) > 0.05:
         sign = 1 if drawer_x > pos[0] else -1
-        start = pos + (-sign * 0.055, 0, 0.005)
+        start = pos + (-sign * 0.055, 0, -0.006)
         end = np.array([drawer_x - sign * 0.04, pos[1], start[2]])
         steps += _travel(tcp, start, YAW_Y_FINGERS, False) + [
             _wp(start, YAW_Y_FINGERS, False, tol=0.008),
@@ -198,8 +184,8 @@ def _push_into_drawer(tcp, scene_obs, cfg: SceneConfig) -> list[Waypoint]:
         ]
         tcp = end + (0, 0, 0.1)
         pos = np.array([drawer_x, pos[1], pos[2]])
-    start = pos + (0, 0.055, 0.005)
-    end = np.array([pos[0], -0.3, start[2]])
+    start = pos + (0, 0.055, -0.006)
+    end = np.array([pos[0], -0.33, start[2]])
     return steps + _travel(tcp, start, YAW_X_FINGERS, False) + [
         _wp(start, YAW_X_FINGERS, False, tol=0.008),
         _wp(end, YAW_X_FINGERS, False, tol=0.02, max_steps=40),

@@ -4,7 +4,8 @@ the collector and the ROS node (CALVIN's ``model.step`` contract)."""
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -75,7 +75,7 @@ def _scene_yaml(name: str) -> dict:
     return yaml.safe_load((CALVIN_ASSETS / f"scene_calvin_scene_{name}.yaml").read_text())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def table_layout(name: str) -> TableLayout:
     root = ET.parse(CALVIN_ASSETS / f"calvin_table_{name}.urdf").getroot()
     origins, uppers = {}, {}
@@ -97,7 +97,7 @@ def table_layout(name: str) -> TableLayout:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def block_sizes(name: str) -> dict[str, tuple[float, float, float]]:
     """Full box extents (scaled) of each block in scene ``name``."""
     movable = _scene_yaml(name)["objects"]["movable_objects"]
@@ -109,7 +109,7 @@ def block_sizes(name: str) -> dict[str, tuple[float, float, float]]:
     return {b: sizes[b] for b in BLOCK_COLOURS}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def surfaces(name: str) -> dict[str, np.ndarray]:
     """Block sampling surfaces: name -> [[xmin, ymin, z], [xmax, ymax, z]]."""
     return {k: np.asarray(v, dtype=float) for k, v in _scene_yaml(name)["surfaces"].items()}

@@ -92,7 +92,7 @@ def _gripper_camera_xml() -> str:
 
 def _finger_xml(side: str, sign: int) -> str:
     """A longer finger: a pad whose inner face is at the joint's coordinate (width = 2 q)."""
-    pad = f'size="0.011 0.007 0.036" pos="0 {sign * 0.007} 0.054"'
+    pad = f'size="0.011 0.005 0.036" pos="0 {sign * 0.005} 0.054"'
     base = f'size="0.011 0.011 0.018" pos="0 {sign * 0.012} 0.012"'
     return f"""
         <body name="{side}_finger" pos="0 0 {FINGER_Z}">
@@ -140,22 +140,22 @@ def _table_xml(cfg: SceneConfig) -> str:
     dx, px = lay.drawer[0], lay.plank[0]
     top = TABLE_TOP_Z
     parts = [
-        _box("table_left", (-0.55, -0.19, 0), (dx - 0.16, 0.2, top - 0.03), col),
-        _box("table_right", (dx + 0.16, -0.19, 0), (0.55, 0.2, top - 0.03), col),
-        _box("table_under_drawer", (dx - 0.16, -0.19, 0), (dx + 0.16, 0.2, 0.31), col),
-        _box("table_behind_drawer", (dx - 0.16, 0.075, 0.31), (dx + 0.16, 0.2, top - 0.03), col),
+        _box("table_left", (-0.55, -0.19, 0), (dx - 0.16, 0.23, top - 0.03), col),
+        _box("table_right", (dx + 0.16, -0.19, 0), (0.55, 0.23, top - 0.03), col),
+        _box("table_under_drawer", (dx - 0.16, -0.19, 0), (dx + 0.16, 0.23, 0.31), col),
+        _box("table_behind_drawer", (dx - 0.16, 0.075, 0.31), (dx + 0.16, 0.23, top - 0.03), col),
         _box("table_top", (-0.55, -0.19, top - 0.03), (0.55, 0.03, top), col),
-        _box("table_back_left", (-0.55, 0.03, top - 0.03), (px - 0.27, 0.14, top), col),
-        _box("table_back_right", (px + 0.27, 0.03, top - 0.03), (0.55, 0.14, top), col),
-        _box("shelf_tower", (-0.55, 0.14, top - 0.03), (0.55, 0.2, 0.63), white),
-        _box("shelf_side_left", (px - 0.29, 0.03, top), (px - 0.27, 0.14, 0.6), white),
-        _box("shelf_side_right", (px + 0.27, 0.03, top), (px + 0.29, 0.14, 0.6), white),
-        _box("plank", (px - 0.27, 0.03, top - 0.02), (px + 0.27, 0.14, top), white),
+        _box("table_back_left", (-0.55, 0.03, top - 0.03), (px - 0.27, 0.18, top), col),
+        _box("table_back_right", (px + 0.27, 0.03, top - 0.03), (0.55, 0.18, top), col),
+        _box("shelf_tower", (-0.55, 0.18, top - 0.03), (0.55, 0.23, 0.63), white),
+        _box("shelf_side_left", (px - 0.29, 0.03, top), (px - 0.27, 0.18, 0.5), white),
+        _box("shelf_side_right", (px + 0.27, 0.03, top), (px + 0.29, 0.18, 0.5), white),
+        _box("plank", (px - 0.27, 0.03, top - 0.02), (px + 0.27, 0.18, top), white),
     ]
     led, bulb = lay.led, lay.lightbulb
-    parts.append(f'<geom name="led" type="box" pos="{_f((led[0], 0.165, 0.64))}" size="0.03 0.02 0.01" '
+    parts.append(f'<geom name="led" type="box" pos="{_f((led[0], 0.205, 0.64))}" size="0.03 0.02 0.01" '
                  f'rgba="0.1 0.2 0.1 1" {WORLD_COLLISION}/>')
-    parts.append(f'<geom name="lightbulb" type="sphere" pos="{_f((bulb[0], 0.165, 0.655))}" size="0.025" '
+    parts.append(f'<geom name="lightbulb" type="sphere" pos="{_f((bulb[0], 0.205, 0.655))}" size="0.025" '
                  f'rgba="0.3 0.3 0.2 1" {WORLD_COLLISION}/>')
     sw_quat = _quat((np.deg2rad(SWITCH_FRAME_DEG), 0, 0))
     parts.append(f"""
@@ -182,7 +182,7 @@ def _table_xml(cfg: SceneConfig) -> str:
                frictionloss="2"/>
         {_box("drawer_bottom", (-0.14, -0.195, 0.005), (0.14, 0.045, 0.025), white, 'mass="2"')}
         {_box("drawer_front", (-0.15, -0.215, 0.005), (0.15, -0.195, 0.095), white, 'mass="0.5"')}
-        {_box("drawer_back", (-0.14, 0.045, 0.005), (0.14, 0.065, 0.075), white, 'mass="0.3"')}
+        {_box("drawer_back", (-0.14, 0.045, 0.005), (0.14, 0.065, 0.045), white, 'mass="0.3"')}
         {_box("drawer_side_l", (-0.15, -0.195, 0.005), (-0.14, 0.065, 0.075), white, 'mass="0.2"')}
         {_box("drawer_side_r", (0.14, -0.195, 0.005), (0.15, 0.065, 0.075), white, 'mass="0.2"')}
         {_box("drawer_handle", (-0.015, -0.26, 0.045), (0.015, -0.215, 0.075), (0.3, 0.3, 0.3, 1),
@@ -192,7 +192,7 @@ def _table_xml(cfg: SceneConfig) -> str:
         <joint name="slider" type="slide" axis="-1 0 0" range="0 {lay.slide_range}" damping="20"
                frictionloss="2"/>
         {_box("slider_door", (-0.13, -0.008, 0.015), (0.13, 0.008, 0.16), white, 'mass="1"')}
-        {_box("slider_handle", (-0.01, -0.05, 0.06), (0.01, -0.008, 0.11), (0.3, 0.3, 0.3, 1), 'mass="0.1"')}
+        {_box("slider_handle", (-0.01, -0.036, 0.06), (0.01, -0.008, 0.11), (0.3, 0.3, 0.3, 1), 'mass="0.1"')}
       </body>""")
     return "\n      ".join(parts)
 
@@ -225,6 +225,10 @@ def build_mjcf(cfg: SceneConfig) -> str:
     <headlight ambient="0.4 0.4 0.4" diffuse="0.4 0.4 0.4" specular="0 0 0"/>
     <map znear="0.005" zfar="10"/>
   </visual>
+  <default>
+    <!-- Table and fixture friction: low enough that a pushed block slides instead of tipping. -->
+    <geom friction="0.5 0.005 0.0001"/>
+  </default>
   <asset>{meshes}
     <texture name="grid" type="2d" builtin="checker" rgb1="0.35 0.35 0.38" rgb2="0.3 0.3 0.33" width="64" height="64"/>
     <material name="floor" texture="grid" texrepeat="8 8"/>
