@@ -17,6 +17,7 @@ ORIENTATION_TOL = 0.12  # radians, per Euler angle
 OFFSET_GAIN = 0.3
 MAX_OFFSET = 0.015  # metres
 RESYNC_DISTANCE = 0.05  # metres
+MAX_LEAD = 0.04  # metres the commanded target may run ahead of the TCP
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:
@@ -85,12 +86,23 @@ class ScriptedExpert:
             return np.array([0, 0, 0, 0, 0, 0, 1.0 if last_open else -1.0])
         self._correct_offset(np.asarray(obs["robot_obs"][:3]), wp)
         action = waypoint_action(self.target_pos - self._offset, self.target_euler, wp)
+        action[:3] = self._limit_lead(action[:3], np.asarray(obs["robot_obs"][:3]))
         if self.noise > 0:
             action[:6] = np.clip(action[:6] + self.rng.normal(0, self.noise, 6), -1, 1)
         self.target_pos = self.target_pos + action[:3] * POS_SCALE
         self.target_euler = self.target_euler + action[3:6] * ORN_SCALE
         self._steps += 1
         return action
+
+    def _limit_lead(self, move: np.ndarray, tcp: np.ndarray) -> np.ndarray:
+        """Keep the commanded target within ``MAX_LEAD`` of the TCP: when something blocks the
+        arm the target must not run ahead (it would keep shoving after the subtask is done)."""
+        new_target = self.target_pos + move * POS_SCALE
+        lead = new_target - tcp
+        norm = np.linalg.norm(lead)
+        if norm <= MAX_LEAD:
+            return move
+        return np.clip((tcp + lead * (MAX_LEAD / norm) - self.target_pos) / POS_SCALE, -1, 1)
 
     def _correct_offset(self, tcp: np.ndarray, wp: Waypoint) -> None:
         """Integrate the gap between where the TCP settled and the waypoint.

@@ -47,10 +47,16 @@ def _block(scene_obs: np.ndarray, block: str) -> tuple[np.ndarray, float]:
 
 
 def _travel(tcp: np.ndarray, above: np.ndarray, yaw: float, open_: bool) -> list[Waypoint]:
-    """Rise to the safe height, cross over, and arrive above ``above``."""
-    up = max(SAFE_Z, tcp[2])
-    return [_wp((tcp[0], tcp[1], up), yaw, open_, tol=0.03),
-            _wp((above[0], above[1], up), yaw, open_, tol=0.02)]
+    """Cross over at the safe height to above ``above`` (``plan`` has already risen)."""
+    return [_wp((above[0], above[1], max(SAFE_Z, tcp[2])), yaw, open_, tol=0.02)]
+
+
+def _rise(robot_obs: np.ndarray) -> Waypoint:
+    """Straight up from where the last subtask left the gripper, keeping its yaw and its grip
+    (opening next to a block would shove it)."""
+    tcp = robot_obs[:3]
+    return _wp((tcp[0], tcp[1], max(SAFE_Z, tcp[2])), to_yaw_band(float(robot_obs[5])),
+               bool(robot_obs[14] > 0), tol=0.03)
 
 
 def pick(tcp: np.ndarray, pos: np.ndarray, yaw: float, lift: float = 0.12) -> list[Waypoint]:
@@ -91,6 +97,12 @@ def _free_spot(scene_obs: np.ndarray, lo: np.ndarray, hi: np.ndarray, ignore: st
 def plan(task: str, robot_obs: np.ndarray, scene_obs: np.ndarray, cfg: SceneConfig,
          rng: np.random.Generator) -> list[Waypoint]:
     """Waypoints that accomplish ``task`` from this state (empty if there is nothing to do)."""
+    steps = _task_plan(task, np.asarray(robot_obs), np.asarray(scene_obs), cfg, rng)
+    return [_rise(np.asarray(robot_obs)), *steps] if steps else []
+
+
+def _task_plan(task: str, robot_obs: np.ndarray, scene_obs: np.ndarray, cfg: SceneConfig,
+               rng: np.random.Generator) -> list[Waypoint]:
     tcp, tcp_yaw = np.asarray(robot_obs[:3]), to_yaw_band(float(robot_obs[5]))
     lay = cfg.layout
     parts = task.split("_")
