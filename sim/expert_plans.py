@@ -16,6 +16,7 @@ from sim.scene_xml import DOOR_OFFSET_X, DRAWER_RANGE, SWITCH_FRAME_DEG, SWITCH_
 SAFE_Z = 0.62
 YAW_X_FINGERS = np.pi / 2  # yaw (gripper pointing down) at which the fingers close along world x
 YAW_Y_FINGERS = 0.0  # ... along world y
+DRAWER_ALIGNED = 0.06  # a block this close to the drawer's centre line falls in when pushed
 SHELF_FRONT_Y = 0.03  # blocks behind this line stand on the slider's shelf
 
 
@@ -175,7 +176,8 @@ def _push_x(tcp, scene_obs, block: str, sign: int, cfg: SceneConfig) -> list[Way
 
 
 def _push_into_drawer(tcp, scene_obs, cfg: SceneConfig) -> list[Waypoint]:
-    """Push the block on the table towards the robot (-y) over the edge into the open drawer."""
+    """Push the block on the table towards the robot (-y) over the edge into the open drawer;
+    a block too far to the side is first carried in front of the drawer."""
     on_table = [b for b in S.BLOCKS if _block(scene_obs, b)[0][1] < 0.0 and
                 abs(_block(scene_obs, b)[0][2] - 0.46) < 0.02]
     if not on_table:
@@ -183,19 +185,12 @@ def _push_into_drawer(tcp, scene_obs, cfg: SceneConfig) -> list[Waypoint]:
     block = on_table[0]
     pos, _ = _block(scene_obs, block)
     drawer_x = cfg.layout.drawer[0]
-    # First line the block up with the drawer (push along x), then push it over the front edge.
     steps: list[Waypoint] = []
-    if abs(pos[0] - drawer_x) > 0.05:
-        sign = 1 if drawer_x > pos[0] else -1
-        start = pos + (-sign * 0.055, 0, -0.006)
-        end = np.array([drawer_x - sign * 0.04, pos[1], start[2]])
-        steps += _travel(tcp, start, YAW_Y_FINGERS, False) + [
-            _wp(start, YAW_Y_FINGERS, False, tol=0.008),
-            _wp(end, YAW_Y_FINGERS, False, tol=0.015),
-            _wp(end + (0, 0, 0.1), YAW_Y_FINGERS, False, tol=0.03),
-        ]
-        tcp = end + (0, 0, 0.1)
+    if abs(pos[0] - drawer_x) > DRAWER_ALIGNED:
+        grasp, yaw = choose_grasp(scene_obs, cfg, block, YAW_X_FINGERS)
         pos = np.array([drawer_x, pos[1], pos[2]])
+        steps += pick(tcp, grasp, yaw) + put_down(grasp + (0, 0, 0.12), pos, yaw)
+        tcp = pos + (0, 0, 0.12)
     start = pos + (0, 0.055, -0.006)
     end = np.array([pos[0], -0.33, start[2]])
     return steps + _travel(tcp, start, YAW_X_FINGERS, False) + [
