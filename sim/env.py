@@ -125,7 +125,7 @@ class PlayTableEnv(gym.Env):
 
     def render(self, camera: str = "static", size: int = 200) -> np.ndarray:
         if self.cameras is None:
-            raise RuntimeError("rendering is off for this environment (SceneConfig.render=False)")
+            raise RuntimeError("no cameras: rendering is off (SceneConfig.render=False) or the env was closed")
         return self.cameras.render_view(self.physics.data, camera, size)
 
     def close(self) -> None:

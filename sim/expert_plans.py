@@ -11,7 +11,7 @@ import numpy as np
 from sim import snapshot as S
 from sim.grasp import choose_grasp, to_yaw_band
 from sim.scene_config import SceneConfig
-from sim.scene_xml import DOOR_OFFSET_X, DRAWER_RANGE, SWITCH_FRAME_DEG, SWITCH_RANGE, TABLE_TOP_Z
+from sim.scene_xml import DOOR_OFFSET_X, DOOR_Y, DRAWER_RANGE, SWITCH_FRAME_DEG, SWITCH_RANGE, TABLE_TOP_Z
 
 SAFE_Z = 0.62
 YAW_X_FINGERS = np.pi / 2  # yaw (gripper pointing down) at which the fingers close along world x
@@ -130,7 +130,7 @@ def _task_plan(task: str, robot_obs: np.ndarray, scene_obs: np.ndarray, cfg: Sce
         return _push_into_drawer(tcp, scene_obs, cfg)
     if task in ("move_slider_left", "move_slider_right"):
         q = scene_obs[S.SLIDER_IDX]
-        handle = np.array([lay.slide[0] + DOOR_OFFSET_X - q, -0.004, TABLE_TOP_Z + 0.082])
+        handle = np.array([lay.slide[0] + DOOR_OFFSET_X - q, DOOR_Y - 0.024, TABLE_TOP_Z + 0.082])
         dx = -(lay.slide_range - q) - 0.01 if task.endswith("left") else q + 0.01
         return _grab_and_move(tcp, handle, YAW_X_FINGERS, np.array([dx, 0, 0]))
     if task in ("open_drawer", "close_drawer"):
@@ -139,7 +139,7 @@ def _task_plan(task: str, robot_obs: np.ndarray, scene_obs: np.ndarray, cfg: Sce
         dy = -(DRAWER_RANGE - q) - 0.01 if task == "open_drawer" else q + 0.01
         return _grab_and_move(tcp, handle, YAW_X_FINGERS, np.array([0, dy, 0]))
     if task.endswith("_led"):
-        top = np.array([lay.button[0], lay.button[1], lay.button[2] + 0.017])
+        top = np.array([lay.button[0], lay.button[1], lay.button[2] + 0.02])
         return _travel(tcp, top, YAW_X_FINGERS, False) + [
             _wp(top + (0, 0, 0.05), YAW_X_FINGERS, False),
             _wp(top + (0, 0, -0.018), YAW_X_FINGERS, False, tol=0.004, max_steps=30),

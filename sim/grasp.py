@@ -8,6 +8,7 @@ import numpy as np
 
 from sim import snapshot as S
 from sim.scene_config import SceneConfig
+from sim.scene_xml import SHELF_HALF_WIDTH
 
 # Yaw (gripper pointing down) that the wrist reaches without hitting joint 7's limits; plans keep
 # yaw inside this band and turn through it, never across its ends.
@@ -73,7 +74,7 @@ def obstacles(scene_obs: np.ndarray, cfg: SceneConfig, block: str) -> list[tuple
             half = np.asarray(cfg.block_sizes[other][:2]) / 2 + CLEARANCE
             out.append((pose[:2], float(pose[5]), half))
     px = cfg.layout.plank[0]
-    for wall_x in (px - 0.28, px + 0.28):  # the shelf's side walls
+    for wall_x in (px - SHELF_HALF_WIDTH - 0.01, px + SHELF_HALF_WIDTH + 0.01):  # the shelf's side walls
         out.append(((wall_x, 0.105), 0.0, (0.01 + CLEARANCE, 0.075 + CLEARANCE)))
     return out
 

@@ -51,8 +51,7 @@ class SceneConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.name not in SCENES:
-            raise ValueError(f"scene name {self.name!r} is not one of {list(SCENES)}")
+        _check_name(self.name)
 
     @property
     def layout(self) -> TableLayout:
@@ -71,12 +70,19 @@ class SceneConfig:
         return self.table_colour or TABLE_COLOURS[self.name]
 
 
+def _check_name(name: str) -> None:
+    if name not in SCENES:
+        raise ValueError(f"scene name {name!r} is not one of {list(SCENES)}")
+
+
 def _scene_yaml(name: str) -> dict:
+    _check_name(name)
     return yaml.safe_load((CALVIN_ASSETS / f"scene_calvin_scene_{name}.yaml").read_text())
 
 
 @functools.cache
 def table_layout(name: str) -> TableLayout:
+    _check_name(name)
     root = ET.parse(CALVIN_ASSETS / f"calvin_table_{name}.urdf").getroot()
     origins, uppers = {}, {}
     for joint in root.findall("joint"):

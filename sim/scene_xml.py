@@ -21,6 +21,10 @@ DRAWER_RANGE = 0.22
 BUTTON_RANGE = 0.02
 # Door centre sits this far right of the slide joint origin (puts it over slider_right at q=0).
 DOOR_OFFSET_X = 0.14
+# The door runs just in front of the shelf, clear of blocks standing anywhere on it.
+DOOR_Y = 0.03
+DOOR_HALF_THICKNESS = 0.008
+SHELF_HALF_WIDTH = 0.30  # inner half width of the shelf between its side walls
 
 # contype/conaffinity bits: robot geoms never collide with each other.
 WORLD_COLLISION = 'contype="1" conaffinity="3"'
@@ -145,12 +149,12 @@ def _table_xml(cfg: SceneConfig) -> str:
         _box("table_under_drawer", (dx - 0.16, -0.19, 0), (dx + 0.16, 0.23, 0.31), col),
         _box("table_behind_drawer", (dx - 0.16, 0.075, 0.31), (dx + 0.16, 0.23, top - 0.03), col),
         _box("table_top", (-0.55, -0.19, top - 0.03), (0.55, 0.03, top), col),
-        _box("table_back_left", (-0.55, 0.03, top - 0.03), (px - 0.27, 0.18, top), col),
-        _box("table_back_right", (px + 0.27, 0.03, top - 0.03), (0.55, 0.18, top), col),
+        _box("table_back_left", (-0.55, 0.03, top - 0.03), (px - SHELF_HALF_WIDTH, 0.18, top), col),
+        _box("table_back_right", (px + SHELF_HALF_WIDTH, 0.03, top - 0.03), (0.55, 0.18, top), col),
         _box("shelf_tower", (-0.55, 0.18, top - 0.03), (0.55, 0.23, 0.63), white),
-        _box("shelf_side_left", (px - 0.29, 0.03, top), (px - 0.27, 0.18, 0.5), white),
-        _box("shelf_side_right", (px + 0.27, 0.03, top), (px + 0.29, 0.18, 0.5), white),
-        _box("plank", (px - 0.27, 0.03, top - 0.02), (px + 0.27, 0.18, top), white),
+        _box("shelf_side_left", (px - 0.32, 0.03, top), (px - SHELF_HALF_WIDTH, 0.18, 0.5), white),
+        _box("shelf_side_right", (px + SHELF_HALF_WIDTH, 0.03, top), (px + 0.32, 0.18, 0.5), white),
+        _box("plank", (px - SHELF_HALF_WIDTH, 0.03, top - 0.02), (px + SHELF_HALF_WIDTH, 0.18, top), white),
     ]
     led, bulb = lay.led, lay.lightbulb
     parts.append(f'<geom name="led" type="box" pos="{_f((led[0], 0.205, 0.64))}" size="0.03 0.02 0.01" '
@@ -174,7 +178,7 @@ def _table_xml(cfg: SceneConfig) -> str:
       <body name="button" pos="{_f(lay.button)}">
         <joint name="button" type="slide" axis="0 0 -1" range="0 {BUTTON_RANGE}" stiffness="300"
                springref="-0.005" damping="5"/>
-        <geom name="button_cap" type="cylinder" pos="0 0 0.005" size="0.03 0.012" rgba="0.05 0.05 0.05 1"
+        <geom name="button_cap" type="cylinder" pos="0 0 0.012" size="0.03 0.008" rgba="0.05 0.05 0.05 1"
               mass="0.15" {WORLD_COLLISION}/>
       </body>
       <body name="drawer" pos="{_f(lay.drawer)}">
@@ -188,10 +192,11 @@ def _table_xml(cfg: SceneConfig) -> str:
         {_box("drawer_handle", (-0.015, -0.26, 0.045), (0.015, -0.215, 0.075), (0.3, 0.3, 0.3, 1),
               'mass="0.1"')}
       </body>
-      <body name="slider" pos="{_f((lay.slide[0] + DOOR_OFFSET_X, 0.02, top))}">
+      <body name="slider" pos="{_f((lay.slide[0] + DOOR_OFFSET_X, DOOR_Y, top))}">
         <joint name="slider" type="slide" axis="-1 0 0" range="0 {lay.slide_range}" damping="20"
                frictionloss="2"/>
-        {_box("slider_door", (-0.13, -0.008, 0.015), (0.13, 0.008, 0.16), white, 'mass="1"')}
+        {_box("slider_door", (-0.13, -DOOR_HALF_THICKNESS, 0.015), (0.13, DOOR_HALF_THICKNESS, 0.16), white,
+              'mass="1"')}
         {_box("slider_handle", (-0.01, -0.036, 0.06), (0.01, -0.008, 0.11), (0.3, 0.3, 0.3, 1), 'mass="0.1"')}
       </body>""")
     return "\n      ".join(parts)

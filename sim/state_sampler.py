@@ -6,13 +6,25 @@ import numpy as np
 
 from sim import snapshot as S
 from sim.scene_config import SceneConfig
-from sim.scene_xml import DRAWER_RANGE, SWITCH_RANGE
+from sim.scene_xml import DOOR_HALF_THICKNESS, DOOR_Y, DRAWER_RANGE, SHELF_HALF_WIDTH, SWITCH_RANGE
 
 NEUTRAL_ROBOT_OBS = np.array([
     0.02586889, -0.2313129, 0.5712808, 3.09045411, -0.02908596, 1.50013585, 0.07999963,
     -1.21779124, 1.03987629, 2.11978254, -2.34205014, -0.87015899, 1.64119093, 0.55344928, 1.0,
 ])
 MIN_BLOCK_GAP = 0.09
+
+
+def clear_of_fixtures(xy: np.ndarray, yaw: float, size, place: str, cfg: SceneConfig) -> bool:
+    """Whether a block's footprint stays off the sliding door (and, on the shelf, its walls):
+    CALVIN's surfaces bound only block centres."""
+    c, s = abs(np.cos(yaw)), abs(np.sin(yaw))
+    ext_x, ext_y = c * size[0] / 2 + s * size[1] / 2, s * size[0] / 2 + c * size[1] / 2
+    door_front, door_back = DOOR_Y - DOOR_HALF_THICKNESS - 0.002, DOOR_Y + DOOR_HALF_THICKNESS + 0.002
+    if place == "table":
+        return xy[1] + ext_y < door_front
+    inner = cfg.layout.plank[0] + np.array([-SHELF_HALF_WIDTH, SHELF_HALF_WIDTH])
+    return bool(xy[1] - ext_y > door_back and inner[0] < xy[0] - ext_x and xy[0] + ext_x < inner[1])
 
 
 def default_robot_obs() -> np.ndarray:
@@ -40,10 +52,11 @@ def sample_scene_obs(rng: np.random.Generator, cfg: SceneConfig, table_blocks: i
     placed: list[np.ndarray] = []
     for block, place in zip(S.BLOCKS, places):
         lo, hi = surf[place]  # CALVIN's surfaces bound the block centre (z is the resting height)
-        for _ in range(200):
-            xy = rng.uniform(lo[:2], hi[:2])
-            if all(np.linalg.norm(xy - p) > MIN_BLOCK_GAP for p in placed):
+        for _ in range(500):
+            xy, yaw = rng.uniform(lo[:2], hi[:2]), rng.uniform(-np.pi, np.pi)
+            apart = all(np.linalg.norm(xy - p) > MIN_BLOCK_GAP for p in placed)
+            if apart and clear_of_fixtures(xy, yaw, cfg.block_sizes[block], place, cfg):
                 break
         placed.append(xy)
-        scene[S.BLOCK_SLICES[block]] = [xy[0], xy[1], lo[2] + 1e-3, 0.0, 0.0, rng.uniform(-np.pi, np.pi)]
+        scene[S.BLOCK_SLICES[block]] = [xy[0], xy[1], lo[2] + 1e-3, 0.0, 0.0, yaw]
     return scene

@@ -18,6 +18,7 @@ from sim.grasp import (
     yaw_candidates,
 )
 from sim.scene_config import SceneConfig
+from sim.scene_xml import SHELF_HALF_WIDTH
 
 CFG = SceneConfig(name="D", render=False)
 SIZES = CFG.block_sizes  # D: red 0.056 x 0.04, blue 0.04 x 0.04, pink 0.08 x 0.04
@@ -187,9 +188,10 @@ def test_neighbours_on_both_sides_turn_the_grasp():
 
 def test_pads_keep_off_the_shelf_wall():
     plank_x = CFG.layout.plank[0]
-    wall = rect((plank_x - 0.28, 0.105), (1, 0), (0.01, 0.075))
-    obs = scene(block_blue=(-0.32, 0.09, 0.0))
-    centred = pads((-0.32, 0.09), np.pi / 2)
+    wall = rect((plank_x - SHELF_HALF_WIDTH - 0.01, 0.105), (1, 0), (0.01, 0.075))
+    block_x = plank_x - SHELF_HALF_WIDTH + 0.04
+    obs = scene(block_blue=(block_x, 0.09, 0.0))
+    centred = pads((block_x, 0.09), np.pi / 2)
     assert any(overlap(p, wall) for p in centred)
     pos, yaw = choose_grasp(obs, CFG, "block_blue", reference=np.pi / 2)
     assert not any(overlap(p, wall) for p in pads(pos, yaw))

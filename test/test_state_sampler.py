@@ -109,8 +109,6 @@ def test_blocks_sampled_on_the_table_stay_in_place(physics):
         assert _block_drift_after_still_steps(physics, sample_scene_obs(rng, physics.cfg, table_blocks=3)) < 0.01
 
 
-@pytest.mark.xfail(strict=True, reason="sampler bounds only block centres: shelf blocks overlap the sliding door "
-                                       "(front face y=0.028) or shelf side walls and get pushed 1-2 cm")
 def test_sampled_blocks_start_clear_of_fixtures_and_stay_in_place(physics):
     rng = np.random.default_rng(0)
     worst_depth, worst_drift = 0.0, 0.0
