@@ -5,66 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
-import mujoco
 import numpy as np
 
+from sim.cameras import SEGMENT_NAMES, CameraRig, segment_ids  # noqa: F401 (SEGMENT_NAMES re-exported)
 from sim.controller import IKSolver, gripper_open, relative_to_target, validate_action
 from sim.physics import PlayTablePhysics
 from sim.scene_config import SceneConfig
 from sim.snapshot import Snapshot
 from sim.state_sampler import default_robot_obs, sample_scene_obs
-
-STATIC_SIZE, GRIPPER_SIZE = 200, 84
-STATIC_FAR, GRIPPER_FAR = 10.0, 2.0
-
-
-class CameraRig:
-    """Offscreen renderers for the static (200x200) and gripper (84x84) cameras."""
-
-    def __init__(self, model: mujoco.MjModel, segmentation: bool) -> None:
-        self.static = mujoco.Renderer(model, STATIC_SIZE, STATIC_SIZE)
-        self.gripper = mujoco.Renderer(model, GRIPPER_SIZE, GRIPPER_SIZE)
-        self.segmentation = segmentation
-
-    def render(self, data: mujoco.MjData, seg_ids: np.ndarray) -> dict[str, np.ndarray]:
-        out = {}
-        for name, r, far in (("static", self.static, STATIC_FAR), ("gripper", self.gripper, GRIPPER_FAR)):
-            r.update_scene(data, name)
-            out[f"rgb_{name}"] = r.render()
-            r.enable_depth_rendering()
-            out[f"depth_{name}"] = np.minimum(r.render(), far).astype(np.float32)
-            r.disable_depth_rendering()
-            if self.segmentation:
-                r.enable_segmentation_rendering()
-                geom = r.render()[..., 0]
-                r.disable_segmentation_rendering()
-                out[f"seg_{name}"] = np.where(geom >= 0, seg_ids[np.maximum(geom, 0)], 0).astype(np.uint8)
-        return out
-
-    def render_view(self, data: mujoco.MjData, camera: str, size: int) -> np.ndarray:
-        """A larger RGB view (for videos); makes its own renderer on first use."""
-        key = f"_view_{camera}_{size}"
-        if not hasattr(self, key):
-            setattr(self, key, mujoco.Renderer(self.static.model, size, size))
-        r = getattr(self, key)
-        r.update_scene(data, camera)
-        return r.render()
-
-    def close(self) -> None:
-        for v in list(vars(self).values()):
-            if isinstance(v, mujoco.Renderer):
-                v.close()
-
-
-SEGMENT_NAMES = ("background", "table", "robot", "block_red", "block_blue", "block_pink",
-                 "drawer", "slider", "button", "switch", "floor")
-
-
-def _segment_ids(owners: list[str]) -> np.ndarray:
-    names = {"robot": "robot", "floor": "floor", "table/drawer_link": "drawer", "table/slide_link": "slider",
-             "table/button_link": "button", "table/switch_link": "switch"}
-    ids = [SEGMENT_NAMES.index(names.get(o, o if o.startswith("block_") else "table")) for o in owners]
-    return np.asarray(ids, dtype=np.uint8)
 
 
 class PlayTableEnv(gym.Env):
@@ -80,8 +28,9 @@ class PlayTableEnv(gym.Env):
         self.physics = PlayTablePhysics(self.cfg)
         p = self.physics
         self.ik = IKSolver(p.model, p.arm_qpos, p.arm_dof, p.tcp_site)
-        self.cameras = CameraRig(p.model, self.cfg.segmentation) if self.cfg.render else None
-        self._seg_ids = _segment_ids(p.geom_owner)
+        self.cameras = None
+        if self.cfg.render:
+            self.cameras = CameraRig(p.model, segment_ids(p.geom_owner), self.cfg.segmentation)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float64) if action_type == "rel" else \
             gym.spaces.Box(-np.inf, np.inf, (7,), np.float64)
         self.observation_space = gym.spaces.Dict({
@@ -120,7 +69,7 @@ class PlayTableEnv(gym.Env):
     def _obs(self) -> dict[str, np.ndarray]:
         obs = {"robot_obs": self.physics.robot_obs(), "scene_obs": self.physics.scene_obs()}
         if self.cameras is not None:
-            obs.update(self.cameras.render(self.physics.data, self._seg_ids))
+            obs.update(self.cameras.render(self.physics.data))
         return obs
 
     def render(self, camera: str = "static", size: int = 200) -> np.ndarray:
