@@ -247,7 +247,7 @@ def _init_worker(config: CollectConfig, policy_factory: PolicyFactory, oracle: O
     from sim.env import PlayTableEnv  # after MUJOCO_GL is set
     from sim.task_oracle import TaskOracle
 
-    _worker.update(config=config, env=PlayTableEnv(config.scene, render=True),
+    _worker.update(config=config, env=PlayTableEnv(config.scene, render=True, segmentation=True),
                    policy_factory=policy_factory, oracle=oracle or TaskOracle())
 
 

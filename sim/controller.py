@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import mujoco
 import numpy as np
-from scipy.spatial.transform import Rotation
 
+from sim.rotations import euler_to_quat, quat_error
 from sim.scene_xml import JOINT_LOWER, JOINT_UPPER
 
 POS_SCALE = 0.02  # metres per unit of a relative action
@@ -41,29 +41,28 @@ class IKSolver:
     """Damped least squares on a scratch copy of the model's data (the sim is not disturbed)."""
 
     def __init__(self, model: mujoco.MjModel, arm_qpos: np.ndarray, arm_dof: np.ndarray, site: int,
-                 damping: float = 0.05, nullspace_gain: float = 0.2, iterations: int = 6) -> None:
+                 damping: float = 0.05, nullspace_gain: float = 0.2, iterations: int = 3) -> None:
         self.model, self.site = model, site
         self.data = mujoco.MjData(model)
         self.arm_qpos, self.arm_dof = arm_qpos, arm_dof
         self.damping, self.gain, self.iterations = damping, nullspace_gain, iterations
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
+        self._damping_eye = damping ** 2 * np.eye(6)
 
     def solve(self, q_start: np.ndarray, pos: np.ndarray, euler: np.ndarray) -> np.ndarray:
         """Joint angles (within limits) that bring the site to ``pos`` / ``euler`` (xyz)."""
-        target_rot = Rotation.from_euler("xyz", euler)
+        target_quat = euler_to_quat(euler)
         q = q_start.copy()
         for _ in range(self.iterations):
             self.data.qpos[self.arm_qpos] = q
             mujoco.mj_kinematics(self.model, self.data)
             mujoco.mj_comPos(self.model, self.data)
-            cur_pos = self.data.site_xpos[self.site]
-            cur_rot = Rotation.from_matrix(self.data.site_xmat[self.site].reshape(3, 3))
-            err = np.concatenate([pos - cur_pos, (target_rot * cur_rot.inv()).as_rotvec()])
+            err = np.concatenate([pos - self.data.site_xpos[self.site],
+                                  quat_error(target_quat, self.data.site_xmat[self.site])])
             mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site)
             jac = np.vstack([self._jacp[:, self.arm_dof], self._jacr[:, self.arm_dof]])
-            jjt = jac @ jac.T + self.damping ** 2 * np.eye(6)
-            pinv = jac.T @ np.linalg.solve(jjt, np.eye(6))
+            pinv = jac.T @ np.linalg.inv(jac @ jac.T + self._damping_eye)
             null = (np.eye(7) - pinv @ jac) @ (self.gain * (REST_JOINTS - q))
             q = np.clip(q + pinv @ err + null, LOWER, UPPER)
             if np.linalg.norm(err[:3]) < 1e-4 and np.linalg.norm(err[3:]) < 1e-3:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -18,10 +18,12 @@ from sim.state_sampler import default_robot_obs, sample_scene_obs
 class PlayTableEnv(gym.Env):
     """CALVIN play-table on MuJoCo. Actions: 7-D relative (default) or absolute EE targets."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 30}
 
-    def __init__(self, scene: SceneConfig | str = "D", action_type: str = "rel", render: bool = True) -> None:
-        self.cfg = scene if isinstance(scene, SceneConfig) else SceneConfig(name=scene, render=render)
+    def __init__(self, scene: SceneConfig | str = "D", action_type: str = "rel", render: bool = True,
+                 segmentation: bool = False) -> None:
+        self.cfg = scene if isinstance(scene, SceneConfig) else \
+            SceneConfig(name=scene, render=render, segmentation=segmentation)
         if action_type not in ("rel", "abs"):
             raise ValueError(f"action_type must be 'rel' or 'abs', got {action_type!r}")
         self.action_type = action_type

@@ -222,7 +222,7 @@ def _switch(tcp, scene_obs, cfg: SceneConfig, on: bool) -> list[Waypoint]:
     side = -1.0 if on else 1.0
     start = knob + rail * side * 0.03
     end = start - rail * side * ((SWITCH_RANGE - q if on else q) + 0.02)
-    kw = dict(tilt=np.pi / 2 + ang)  # the approach direction is then -out
+    kw = {"tilt": np.pi / 2 + ang}  # the approach direction is then -out
     return _travel(tcp, start + out * 0.1, YAW_X_FINGERS, False) + [
         _wp(start + out * 0.1, YAW_X_FINGERS, False, tol=0.015, **kw),
         _wp(start, YAW_X_FINGERS, False, tol=0.006, max_steps=40, **kw),

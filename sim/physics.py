@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import mujoco
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from sim import snapshot as S
+from sim.rotations import euler_to_quat, mat_to_euler, quat_to_euler
 from sim.scene_config import SceneConfig
 from sim.scene_xml import BUTTON_RANGE, SWITCH_RANGE, build_mjcf
 
@@ -20,16 +20,6 @@ BULB_ON, BULB_OFF = (1.0, 1.0, 0.0, 1.0), (0.3, 0.3, 0.2, 1.0)
 TABLE_LINKS = {
     "plank": S.PLANK, "drawer": S.DRAWER, "slider": S.SLIDER, "button": S.BUTTON, "switch": S.SWITCH,
 }
-
-
-def quat_to_euler(quat_wxyz: np.ndarray) -> np.ndarray:
-    w, x, y, z = quat_wxyz
-    return Rotation.from_quat([x, y, z, w]).as_euler("xyz")
-
-
-def euler_to_quat(euler: np.ndarray) -> np.ndarray:
-    x, y, z, w = Rotation.from_euler("xyz", euler).as_quat()
-    return np.array([w, x, y, z])
 
 
 class PlayTablePhysics:
@@ -82,8 +72,7 @@ class PlayTablePhysics:
     # ---- observations -------------------------------------------------------------------
     def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
         pos = self.data.site_xpos[self.tcp_site].copy()
-        mat = self.data.site_xmat[self.tcp_site].reshape(3, 3)
-        return pos, Rotation.from_matrix(mat).as_euler("xyz")
+        return pos, mat_to_euler(self.data.site_xmat[self.tcp_site])
 
     def arm_joints(self) -> np.ndarray:
         return self.data.qpos[self.arm_qpos].copy()
@@ -148,7 +137,7 @@ class PlayTablePhysics:
         self.gripper_action = 1.0 if robot_obs[14] > 0 else -1.0
         for i, n in enumerate(ARTICULATIONS):
             q[self.art_qpos[n]] = scene_obs[i]
-        self.led = int(round(scene_obs[S.LED_IDX]))
+        self.led = round(scene_obs[S.LED_IDX])
         for b in S.BLOCKS:
             a, pose = self.block_qpos[b], scene_obs[S.BLOCK_SLICES[b]]
             q[a:a + 3] = pose[:3]

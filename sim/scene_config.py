@@ -46,7 +46,7 @@ class SceneConfig:
     name: str = "D"
     render: bool = True
     shadows: bool = False
-    segmentation: bool = True
+    segmentation: bool = False  # one more render pass per camera (~3 ms a step here)
     table_colour: tuple[float, float, float, float] | None = None
     extra: dict = field(default_factory=dict)
 

@@ -73,7 +73,7 @@ def config(tmp_path: Path, **overrides) -> CollectConfig:
 def env():
     from sim.env import PlayTableEnv
 
-    env = PlayTableEnv("D")
+    env = PlayTableEnv("D", segmentation=True)
     yield env
     env.close()
 

@@ -135,7 +135,7 @@ def test_render_is_refused_without_cameras(env):
 
 
 def test_rendered_observations_and_views():
-    e = PlayTableEnv("D", render=True)
+    e = PlayTableEnv("D", render=True, segmentation=True)
     obs, _ = e.reset(options={"robot_obs": default_robot_obs(), "scene_obs": given_scene()})
     assert obs["rgb_static"].shape == (200, 200, 3) and obs["rgb_static"].dtype == np.uint8
     assert obs["rgb_gripper"].shape == (84, 84, 3) and obs["rgb_gripper"].dtype == np.uint8
