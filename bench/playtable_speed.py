@@ -1,7 +1,10 @@
 """Play-table speed: control steps per second without cameras, with the fast camera rig (sim/cameras.py)
 and with the old one-``mujoco.Renderer``-per-camera rendering, all measured in one process.
 
-Usage: MUJOCO_GL=egl python bench/playtable_speed.py [--steps N] [--scene D]
+Also the scripted expert's evaluation throughput: CALVIN chains per minute through the evaluator
+(cameras on, as ``dream-policy eval`` runs), in-process and with 2 worker processes.
+
+Usage: MUJOCO_GL=egl python bench/playtable_speed.py [--steps N] [--scene D] [--chains N]
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ import argparse
 import datetime
 import os
 import platform
+import tempfile
 import time
 
 import mujoco
 import numpy as np
 
 from sim.cameras import CAMERAS, segment_ids
+from sim.chains import generate_chains
 from sim.env import PlayTableEnv
+from sim.evaluate import evaluate
 from sim.scene_config import SceneConfig
 
 WARMUP_STEPS = 30
@@ -80,6 +86,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="timed control steps per variant")
     parser.add_argument("--rounds", type=int, default=2, help="variants run interleaved this often; best kept")
     parser.add_argument("--scene", default="D")
+    parser.add_argument("--chains", type=int, default=10, help="chains for the expert throughput (0: skip)")
     args = parser.parse_args()
     if args.steps < 1 or args.rounds < 1:
         parser.error(f"--steps and --rounds must be >= 1, got {args.steps} and {args.rounds}")
@@ -117,6 +124,26 @@ def main() -> None:
     camera_ms = {k: 1e3 / rates[k] - 1e3 / rates["physics"] for k in variants if k != "physics"}
     print("camera ms/step (variant minus physics): " + ", ".join(f"{k} {v:.2f}" for k, v in camera_ms.items()))
     print(f"bar >= {BAR_STEPS_PER_S} rendered steps/s (fast): {'met' if rates['fast'] >= BAR_STEPS_PER_S else 'missed'}")
+    if args.chains > 0:
+        report_expert_throughput(args.chains, args.scene)
+
+
+def chains_per_minute(n_chains: int, workers: int, scene: str) -> tuple[float, float]:
+    """(chains per minute, avg_seq_len) of the expert on CALVIN's first ``n_chains`` chains."""
+    chains = list(enumerate(generate_chains(1000)[:n_chains]))
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        results = evaluate(chains, "expert", {"scene": scene}, scene=scene, workers=workers, out_dir=out)
+        minutes = (time.perf_counter() - start) / 60
+    return n_chains / minutes, results["avg_seq_len"]
+
+
+def report_expert_throughput(n_chains: int, scene: str) -> None:
+    rates = {w: chains_per_minute(n_chains, w, scene) for w in (1, 2)}
+    print(f"# Expert evaluation throughput, CALVIN chains 0-{n_chains - 1}, cameras on, start-up included")
+    for workers, (rate, avg_len) in rates.items():
+        print(f"expert eval, {workers} worker(s): {rate:.1f} chains/min (avg_seq_len {avg_len:.2f})")
+    print(f"2 workers / 1 worker = {rates[2][0] / rates[1][0]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -33,11 +33,12 @@ def waypoint_action(target_pos: np.ndarray, target_euler: np.ndarray, wp: Waypoi
 
 
 def waypoint_euler(wp: Waypoint) -> np.ndarray:
-    """xyz Euler angles of the gripper pointing down at ``wp.yaw``, tilted by ``wp.tilt`` about x."""
-    if wp.tilt == 0.0:
+    """xyz Euler angles of the gripper pointing down at ``wp.yaw``, turned by ``wp.tilt`` about
+    world x and then by ``wp.lean`` about world y."""
+    if wp.tilt == 0.0 and wp.lean == 0.0:
         return np.array([np.pi, 0.0, wp.yaw])
     down = Rotation.from_euler("xyz", [np.pi, 0.0, wp.yaw])
-    return (Rotation.from_euler("x", wp.tilt) * down).as_euler("xyz")
+    return (Rotation.from_euler("y", wp.lean) * Rotation.from_euler("x", wp.tilt) * down).as_euler("xyz")
 
 
 class ScriptedExpert:

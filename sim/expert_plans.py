@@ -18,13 +18,17 @@ YAW_X_FINGERS = np.pi / 2  # yaw (gripper pointing down) at which the fingers cl
 YAW_Y_FINGERS = 0.0  # ... along world y
 DRAWER_ALIGNED = 0.06  # a block this close to the drawer's centre line falls in when pushed
 SHELF_FRONT_Y = 0.03  # blocks behind this line stand on the slider's shelf
+# Pushes along x lean the fingertips towards +x (radians about world y): the wrist then stays
+# back towards the robot, whose reach ends near the table's right edge.
+PUSH_LEAN = -0.35
 
 
 @dataclass(frozen=True)
 class Waypoint:
     """Move the TCP to ``pos`` with yaw ``yaw`` (pointing down), gripper open or closed.
 
-    ``tilt`` turns the pointing-down gripper about world x (positive: fingertips towards +y).
+    ``tilt`` turns the pointing-down gripper about world x (positive: fingertips towards +y),
+    ``lean`` then about world y (negative: fingertips towards +x).
     ``tol`` is how close the TCP must get before moving on; ``wait`` holds the pose that many
     steps once reached (for the gripper to act); ``max_steps`` gives up on reaching it.
     """
@@ -36,6 +40,7 @@ class Waypoint:
     wait: int = 0
     max_steps: int = 60
     tilt: float = 0.0
+    lean: float = 0.0
 
 
 def _wp(pos, yaw, open_, **kw) -> Waypoint:
@@ -167,11 +172,12 @@ def _push_x(tcp, scene_obs, block: str, sign: int, cfg: SceneConfig) -> list[Way
     # Fingers closed along x: the hand is long along x, well clear of the door handle behind.
     start = pos + (-sign * (half_x + 0.025), 0, -0.006)  # low, so the block slides, not tips
     end = start + (sign * 0.14, 0, 0)
+    kw = {"lean": PUSH_LEAN}
     return _travel(tcp, start, YAW_X_FINGERS, False) + [
-        _wp(start + (0, 0, 0.05), YAW_X_FINGERS, False),
-        _wp(start, YAW_X_FINGERS, False, tol=0.008),
-        _wp(end, YAW_X_FINGERS, False, tol=0.015, max_steps=60),
-        _wp(end + (0, 0, 0.1), YAW_X_FINGERS, False, tol=0.03),
+        _wp(start + (0, 0, 0.05), YAW_X_FINGERS, False, **kw),
+        _wp(start, YAW_X_FINGERS, False, tol=0.008, **kw),
+        _wp(end, YAW_X_FINGERS, False, tol=0.015, max_steps=60, **kw),
+        _wp(end + (0, 0, 0.1), YAW_X_FINGERS, False, tol=0.03, **kw),
     ]
 
 

@@ -24,6 +24,10 @@ DOOR_OFFSET_X = 0.14
 # The door runs just in front of the shelf, clear of blocks standing anywhere on it.
 DOOR_Y = 0.03
 DOOR_HALF_THICKNESS = 0.008
+# The shelf tower carrying the LED and the lightbulb stands behind TOWER_Y, far enough back that
+# the hand (0.2 m long) clears it while grasping on the shelf.
+TOWER_Y = 0.22
+TABLE_BACK_Y = 0.27
 SHELF_HALF_WIDTH = 0.30  # inner half width of the shelf between its side walls
 
 # contype/conaffinity bits: robot geoms never collide with each other.
@@ -144,22 +148,22 @@ def _table_xml(cfg: SceneConfig) -> str:
     dx, px = lay.drawer[0], lay.plank[0]
     top = TABLE_TOP_Z
     parts = [
-        _box("table_left", (-0.55, -0.19, 0), (dx - 0.16, 0.23, top - 0.03), col),
-        _box("table_right", (dx + 0.16, -0.19, 0), (0.55, 0.23, top - 0.03), col),
-        _box("table_under_drawer", (dx - 0.16, -0.19, 0), (dx + 0.16, 0.23, 0.31), col),
-        _box("table_behind_drawer", (dx - 0.16, 0.075, 0.31), (dx + 0.16, 0.23, top - 0.03), col),
+        _box("table_left", (-0.55, -0.19, 0), (dx - 0.16, TABLE_BACK_Y, top - 0.03), col),
+        _box("table_right", (dx + 0.16, -0.19, 0), (0.55, TABLE_BACK_Y, top - 0.03), col),
+        _box("table_under_drawer", (dx - 0.16, -0.19, 0), (dx + 0.16, TABLE_BACK_Y, 0.31), col),
+        _box("table_behind_drawer", (dx - 0.16, 0.075, 0.31), (dx + 0.16, TABLE_BACK_Y, top - 0.03), col),
         _box("table_top", (-0.55, -0.19, top - 0.03), (0.55, 0.03, top), col),
-        _box("table_back_left", (-0.55, 0.03, top - 0.03), (px - SHELF_HALF_WIDTH, 0.18, top), col),
-        _box("table_back_right", (px + SHELF_HALF_WIDTH, 0.03, top - 0.03), (0.55, 0.18, top), col),
-        _box("shelf_tower", (-0.55, 0.18, top - 0.03), (0.55, 0.23, 0.63), white),
-        _box("shelf_side_left", (px - 0.32, 0.03, top), (px - SHELF_HALF_WIDTH, 0.18, 0.5), white),
-        _box("shelf_side_right", (px + SHELF_HALF_WIDTH, 0.03, top), (px + 0.32, 0.18, 0.5), white),
-        _box("plank", (px - SHELF_HALF_WIDTH, 0.03, top - 0.02), (px + SHELF_HALF_WIDTH, 0.18, top), white),
+        _box("table_back_left", (-0.55, 0.03, top - 0.03), (px - SHELF_HALF_WIDTH, TOWER_Y, top), col),
+        _box("table_back_right", (px + SHELF_HALF_WIDTH, 0.03, top - 0.03), (0.55, TOWER_Y, top), col),
+        _box("shelf_tower", (-0.55, TOWER_Y, top - 0.03), (0.55, TABLE_BACK_Y, 0.63), white),
+        _box("shelf_side_left", (px - 0.32, 0.03, top), (px - SHELF_HALF_WIDTH, TOWER_Y, 0.5), white),
+        _box("shelf_side_right", (px + SHELF_HALF_WIDTH, 0.03, top), (px + 0.32, TOWER_Y, 0.5), white),
+        _box("plank", (px - SHELF_HALF_WIDTH, 0.03, top - 0.02), (px + SHELF_HALF_WIDTH, TOWER_Y, top), white),
     ]
     led, bulb = lay.led, lay.lightbulb
-    parts.append(f'<geom name="led" type="box" pos="{_f((led[0], 0.205, 0.64))}" size="0.03 0.02 0.01" '
+    parts.append(f'<geom name="led" type="box" pos="{_f((led[0], TOWER_Y + 0.025, 0.64))}" size="0.03 0.02 0.01" '
                  f'rgba="0.1 0.2 0.1 1" {WORLD_COLLISION}/>')
-    parts.append(f'<geom name="lightbulb" type="sphere" pos="{_f((bulb[0], 0.205, 0.655))}" size="0.025" '
+    parts.append(f'<geom name="lightbulb" type="sphere" pos="{_f((bulb[0], TOWER_Y + 0.025, 0.655))}" size="0.025" '
                  f'rgba="0.3 0.3 0.2 1" {WORLD_COLLISION}/>')
     sw_quat = _quat((np.deg2rad(SWITCH_FRAME_DEG), 0, 0))
     parts.append(f"""
