@@ -12,7 +12,7 @@ from sim.scene_config import SceneConfig
 from sim.scene_xml import BUTTON_RANGE, SWITCH_RANGE, build_mjcf
 
 CONTACT_DISTANCE = 0.002  # two geoms closer than this touch
-CONTROL_HZ = 30  # physics runs at 480 Hz (CALVIN: 240 Hz); finer steps keep grasps stable
+CONTROL_HZ = 30  # physics at 240 Hz as CALVIN: 8 substeps per action
 ARTICULATIONS = ("slider", "drawer", "button", "switch")
 LED_ON, LED_OFF = (0.1, 1.0, 0.1, 1.0), (0.1, 0.2, 0.1, 1.0)
 BULB_ON, BULB_OFF = (1.0, 1.0, 0.0, 1.0), (0.3, 0.3, 0.2, 1.0)

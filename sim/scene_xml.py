@@ -227,7 +227,7 @@ def build_mjcf(cfg: SceneConfig) -> str:
     return f"""
 <mujoco model="calvin_play_table_{cfg.name}">
   <compiler angle="radian" autolimits="true"/>
-  <option timestep="{1 / 480}" integrator="implicitfast" cone="elliptic" impratio="5"/>
+  <option timestep="{1 / 240}" integrator="implicitfast" cone="elliptic" impratio="5"/>
   <visual>
     <global offwidth="640" offheight="640"/>
     <quality offsamples="0" shadowsize="{1024 if cfg.shadows else 0}"/>
