@@ -8,6 +8,7 @@ import numpy as np
 
 from sim.rotations import euler_to_quat, quat_error
 from sim.scene_xml import JOINT_LOWER, JOINT_UPPER
+from sim.validation import checked_vector
 
 POS_SCALE = 0.02  # metres per unit of a relative action
 ORN_SCALE = 0.05  # radians per unit of a relative action
@@ -17,12 +18,7 @@ LOWER, UPPER = np.array(JOINT_LOWER), np.array(JOINT_UPPER)
 
 def validate_action(action, size: int = 7) -> np.ndarray:
     """The action as a float array, or a ValueError naming what is wrong with it."""
-    arr = np.asarray(action, dtype=float)
-    if arr.shape != (size,):
-        raise ValueError(f"action must have shape ({size},), got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"action contains non-finite values: {arr.tolist()}")
-    return arr
+    return checked_vector("action", action, size)
 
 
 def relative_to_target(target_pos: np.ndarray, target_euler: np.ndarray, action: np.ndarray

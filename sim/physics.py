@@ -10,6 +10,7 @@ from sim import snapshot as S
 from sim.rotations import euler_to_quat, mat_to_euler, quat_to_euler
 from sim.scene_config import SceneConfig
 from sim.scene_xml import BUTTON_RANGE, SWITCH_RANGE, build_mjcf
+from sim.validation import checked_vector
 
 CONTACT_DISTANCE = 0.002  # two geoms closer than this touch
 CONTROL_HZ = 30  # physics at 240 Hz as CALVIN: 8 substeps per action
@@ -128,8 +129,8 @@ class PlayTablePhysics:
     # ---- state ----------------------------------------------------------------------------
     def set_state(self, robot_obs: np.ndarray, scene_obs: np.ndarray) -> None:
         """Put the world exactly in the CALVIN state (robot_obs (15,), scene_obs (24,))."""
-        robot_obs = _checked("robot_obs", robot_obs, 15)
-        scene_obs = _checked("scene_obs", scene_obs, 24)
+        robot_obs = checked_vector("robot_obs", robot_obs, 15)
+        scene_obs = checked_vector("scene_obs", scene_obs, 24)
         mujoco.mj_resetData(self.model, self.data)
         q = self.data.qpos
         q[self.arm_qpos] = robot_obs[7:14]
@@ -168,11 +169,3 @@ class PlayTablePhysics:
         self.model.geom_rgba[self.led_geom] = LED_ON if self.led else LED_OFF
         self.model.geom_rgba[self.bulb_geom] = BULB_ON if self.lightbulb() else BULB_OFF
 
-
-def _checked(name: str, value, size: int) -> np.ndarray:
-    arr = np.asarray(value, dtype=float)
-    if arr.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},), got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values: {arr}")
-    return arr
