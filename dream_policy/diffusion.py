@@ -1,0 +1,142 @@
+"""DDPM noise schedule (squared cosine) and the one DDIM sampling loop, with classifier-free guidance.
+
+Conventions (as in diffusers): a train timestep ``t`` in ``[0, train_steps)`` indexes
+``alphas_cumprod[t]``, and ``x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise``. The model predicts
+the noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+# model_fn(x_t (B, ...), t (B,) long, cond or None) -> predicted noise (B, ...)
+ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+def squared_cosine_betas(train_steps: int, max_beta: float = 0.999) -> torch.Tensor:
+    """Float64 (train_steps,): Nichol & Dhariwal's cosine schedule (diffusers' "squaredcos_cap_v2")."""
+
+    def alpha_bar(s: float) -> float:
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [
+        min(1 - alpha_bar((i + 1) / train_steps) / alpha_bar(i / train_steps), max_beta)
+        for i in range(train_steps)
+    ]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+def ddim_timesteps(train_steps: int, steps: int) -> list[int]:
+    """The train timesteps visited by ``steps`` DDIM steps, step index 0 first (decreasing).
+
+    "Trailing" spacing: the first step is the last train timestep (pure noise), e.g. 100 train
+    steps and 10 steps give [99, 89, ..., 9]; the step after the last one lands on x0.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= train_steps:
+        raise ValueError(f"steps must be an int in [1, train_steps={train_steps}], got {steps!r}")
+    ratio = train_steps / steps
+    return [round(train_steps - i * ratio) - 1 for i in range(steps)]
+
+
+def _randn(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device (so a CPU generator seeds GPU runs too)."""
+    noise_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=noise_device, dtype=dtype).to(device)
+
+
+class DiffusionSchedule:
+    """DDPM schedule with ``train_steps`` steps; ``add_noise`` for training, ``ddim_sample`` for inference."""
+
+    def __init__(self, train_steps: int = 100, max_beta: float = 0.999) -> None:
+        if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
+            raise ValueError(f"train_steps must be a positive int, got {train_steps!r}")
+        if not 0 < max_beta < 1:
+            raise ValueError(f"max_beta must be in (0, 1), got {max_beta!r}")
+        self.train_steps = train_steps
+        self.betas = squared_cosine_betas(train_steps, max_beta)  # (K,) float64
+        self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)  # (K,) float64
+
+    def _abar(self, t: int) -> float:
+        """alphas_cumprod[t]; t = -1 is the clean sample (abar = 1)."""
+        return 1.0 if t < 0 else float(self.alphas_cumprod[t])
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t (B, ...) from clean ``x0`` (B, ...), ``noise`` like x0 and train timesteps ``t`` (B,)."""
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}")
+        if t.shape != x0.shape[:1]:
+            raise ValueError(f"t must have shape (B,) = {tuple(x0.shape[:1])}, got {tuple(t.shape)}")
+        if t.min() < 0 or t.max() >= self.train_steps:
+            raise ValueError(f"t must lie in [0, {self.train_steps}), got {t.tolist()}")
+        abar = self.alphas_cumprod.to(x0.device)[t.long()].to(x0.dtype)  # (B,)
+        abar = abar.view(-1, *([1] * (x0.dim() - 1)))  # (B, 1, ...)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    @torch.no_grad()
+    def ddim_sample(
+        self,
+        model_fn: ModelFn,
+        shape: tuple[int, ...],
+        cond: Any,
+        steps: int = 10,
+        guidance: float = 1.5,
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+        on_step: Callable[[int, int], None] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """Denoise pure noise of ``shape`` (B, ...) into a sample (B, ...) with DDIM.
+
+        Guidance: eps = eps_uncond + guidance * (eps_cond - eps_uncond); ``guidance == 1`` calls the
+        model once per step (conditional only), otherwise twice (``cond`` then ``None``).
+        ``on_step(i, t)`` runs at the start of step ``i`` (train timestep ``t``), before the model.
+        ``device`` defaults to ``cond``'s device when ``cond`` is a tensor, else the CPU.
+        """
+        if guidance < 1.0:
+            raise ValueError(f"guidance must be >= 1.0 (1.0 = conditional only), got {guidance!r}")
+        if guidance != 1.0 and cond is None:
+            raise ValueError(f"guidance={guidance} needs a condition; pass guidance=1.0 with cond=None")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta!r}")
+        if device is None:
+            device = cond.device if isinstance(cond, torch.Tensor) else "cpu"
+        x = _randn(shape, generator, device, dtype)  # (B, ...)
+        timesteps = ddim_timesteps(self.train_steps, steps)
+        for i, t in enumerate(timesteps):
+            if on_step is not None:
+                on_step(i, t)
+            t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)  # (B,)
+            eps = model_fn(x, t_batch, cond)
+            if guidance != 1.0:
+                eps_uncond = model_fn(x, t_batch, None)
+                eps = eps_uncond + guidance * (eps - eps_uncond)
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            x = self._ddim_step(x, eps, self._abar(t), self._abar(t_prev), eta, generator)
+        return x
+
+    @staticmethod
+    def _ddim_step(
+        x: torch.Tensor,
+        eps: torch.Tensor,
+        abar: float,
+        abar_prev: float,
+        eta: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """One DDIM update x_t -> x_{t_prev} (Song et al. eq. 12); eta = 0 is deterministic."""
+        x0_pred = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+        sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+        x_prev = math.sqrt(abar_prev) * x0_pred + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x_prev = x_prev + sigma * _randn(x.shape, generator, x.device, x.dtype)
+        return x_prev
