@@ -76,10 +76,10 @@ def prepare(env, expert, oracle, task: str, rng: np.random.Generator):
     return None
 
 
-def task_trials(args: tuple[str, int, int]) -> tuple[str, list[tuple[bool, int]]]:
-    task, trials, seed = args
-    env = PlayTableEnv("D", render=False)
-    expert, oracle = ScriptedExpert("D"), TaskOracle()
+def task_trials(args: tuple[str, int, int, str]) -> tuple[str, list[tuple[bool, int]]]:
+    task, trials, seed, scene = args
+    env = PlayTableEnv(scene, render=False)
+    expert, oracle = ScriptedExpert(scene), TaskOracle()
     rng = np.random.default_rng([seed, TASK_NAMES.index(task)])
     results = []
     for _ in range(trials):
@@ -111,16 +111,18 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scene", default="D", choices=["A", "B", "C", "D"])
     parser.add_argument("--tasks", nargs="*", default=list(TASK_NAMES))
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args()
-    jobs = [(task, args.trials, args.seed) for task in args.tasks]
+    jobs = [(task, args.trials, args.seed, args.scene) for task in args.tasks]
     t0 = time.time()
     results = {}
     with mp.get_context("spawn").Pool(args.workers) as pool:
         for task, runs in tqdm(pool.imap_unordered(task_trials, jobs), total=len(jobs), desc="tasks"):
             results[task] = runs
-    text = table(results) + f"\n\n{args.trials} trials per task, {time.time() - t0:.0f} s with {args.workers} workers.\n"
+    text = table(results) + (f"\n\nScene {args.scene}, {args.trials} trials per task, "
+                             f"{time.time() - t0:.0f} s with {args.workers} workers.\n")
     print(text)
     if args.out:
         with open(args.out, "w") as f:

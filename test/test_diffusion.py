@@ -119,7 +119,12 @@ def test_guidance_call_counts_and_step_hook():
     calls.clear()
     steps_seen: list = []
     s.ddim_sample(
-        oracle(x0, s, calls), (2, 3, 7), cond, steps=10, guidance=1.5, on_step=lambda i, t: steps_seen.append((i, t))
+        oracle(x0, s, calls),
+        (2, 3, 7),
+        cond,
+        steps=10,
+        guidance=1.5,
+        on_step=lambda i, t: steps_seen.append((i, t)),
     )
     assert len(calls) == 20
     assert [is_none for _, is_none in calls] == [False, True] * 10
