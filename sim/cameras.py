@@ -12,6 +12,8 @@ import mujoco
 import numpy as np
 from mujoco.gl_context import GLContext
 
+from sim.snapshot import SEGMENT_NAMES
+
 # llvmpipe rasterising in the calling thread: on 2 busy cores its worker threads cost more in
 # hand-offs than they gain (bench/RESULTS.md). Read when Mesa starts, i.e. at the first GL context.
 os.environ.setdefault("LP_NUM_THREADS", "0")
@@ -25,8 +27,6 @@ class CameraSpec:
 
 
 CAMERAS = (CameraSpec("static", 200, 10.0), CameraSpec("gripper", 84, 2.0))
-SEGMENT_NAMES = ("background", "table", "robot", "block_red", "block_blue", "block_pink",
-                 "drawer", "slider", "button", "switch", "floor")
 _OWNER_SEGMENT = {"robot": "robot", "floor": "floor", "table/drawer_link": "drawer",
                   "table/slide_link": "slider", "table/button_link": "button", "table/switch_link": "switch"}
 

@@ -17,6 +17,10 @@ SLIDER = "table/slide_link"
 BUTTON = "table/button_link"
 SWITCH = "table/switch_link"
 
+# Segmentation ids (the index in this tuple) of the objects in rendered segmentation images.
+SEGMENT_NAMES = ("background", "table", "robot", "block_red", "block_blue", "block_pink",
+                 "drawer", "slider", "button", "switch", "floor")
+
 # scene_obs layout (24): slider, drawer, button, switch, lightbulb, led, then xyz+euler per block.
 SLIDER_IDX, DRAWER_IDX, BUTTON_IDX, SWITCH_IDX, LIGHTBULB_IDX, LED_IDX = range(6)
 BLOCK_SLICES = {name: slice(6 + 6 * i, 12 + 6 * i) for i, name in enumerate(BLOCKS)}

@@ -11,14 +11,16 @@ segmentation id belongs to a scene object whose state in ``scene_obs`` changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sim.calvin_dataset import EXTRA_FRAME_KEYS, FRAME_KEYS
-from sim.cameras import SEGMENT_NAMES
+from sim.snapshot import SEGMENT_NAMES
+from sim.language import EMBEDDING_DIM
 from sim.snapshot import BLOCK_SLICES, BUTTON_IDX, DRAWER_IDX, SLIDER_IDX, SWITCH_IDX
 
 ROLES = ("observation", "action", "target")
@@ -76,6 +78,8 @@ POLICY_FEATURES: tuple[Feature, ...] = (
     calvin_feature("scene_obs", role="target"),
 )
 FEATURES: dict[str, Feature] = {f.key: f for f in POLICY_FEATURES}
+# Per-sample, not per-frame: the MiniLM embedding of the instruction (auto_lang_ann language.emb).
+LANG_FEATURE = Feature("lang_emb", "float32", (EMBEDDING_DIM,))
 
 
 def feature(key: str) -> Feature:
@@ -96,6 +100,44 @@ def validate_frame(frame: Mapping[str, np.ndarray], features: Iterable[Feature],
                              f"it has {sorted(frame)}")
 
 
+_CORRUPT = (zipfile.BadZipFile, EOFError, OSError, ValueError)  # what np.load raises on a bad npz
+
+
+def _corrupt(path: Path, e: Exception) -> FrameError:
+    return FrameError(f"{path}: truncated or corrupt npz ({type(e).__name__}: {e})")
+
+
+def frame_keys(path: Path) -> list[str]:
+    """The keys stored in the frame file ``path`` (reads only the zip directory)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        with np.load(path) as data:
+            return sorted(data.files)
+    except _CORRUPT as e:
+        raise _corrupt(path, e) from e
+
+
+def read_frame(path: Path, keys: Sequence[str], features: Mapping[str, Feature] = FEATURES
+               ) -> dict[str, np.ndarray]:
+    """Only ``keys`` of the frame file ``path`` (np.load reads members lazily), each checked
+    against ``features``; a missing file, missing key, wrong shape or corrupt file names ``path``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        with np.load(path) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise FrameError(f"{path}: missing key(s) {missing}; it has {sorted(data.files)}")
+            frame = {k: data[k] for k in keys}
+    except FrameError:
+        raise
+    except _CORRUPT as e:
+        raise _corrupt(path, e) from e
+    validate_frame(frame, [features[k] for k in keys if k in features], path)
+    return frame
+
+
 # ---- derived target: dynamic region ------------------------------------------------------------
 
 # scene_obs entries whose change moves a rendered object: (segment name, entries, angular?).
@@ -112,7 +154,7 @@ _SCENE_OBJECTS: tuple[tuple[str, slice, bool], ...] = (
 
 def moved_segment_ids(scene_a: np.ndarray, scene_b: np.ndarray, pos_tol: float = 1e-3,
                       rot_tol: float = 1e-2) -> list[int]:
-    """Segment ids (``sim.cameras.SEGMENT_NAMES``) of objects whose pose differs between two scene_obs."""
+    """Segment ids (``sim.snapshot.SEGMENT_NAMES``) of objects whose pose differs between two scene_obs."""
     moved = set()
     for name, entries, angular in _SCENE_OBJECTS:
         delta = np.asarray(scene_b[entries], np.float64) - np.asarray(scene_a[entries], np.float64)
