@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from sim.calvin_dataset import EXTRA_FRAME_KEYS, FRAME_KEYS
-from sim.snapshot import SEGMENT_NAMES
 from sim.language import EMBEDDING_DIM
-from sim.snapshot import BLOCK_SLICES, BUTTON_IDX, DRAWER_IDX, SLIDER_IDX, SWITCH_IDX
+from sim.snapshot import BLOCK_SLICES, BUTTON_IDX, DRAWER_IDX, SEGMENT_NAMES, SLIDER_IDX, SWITCH_IDX
 
 ROLES = ("observation", "action", "target")
 _DTYPE_OF_KIND = {"u": "uint8", "f": "float32"}
