@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from sim.annotations import eval_instruction
+from sim.calvin_pybullet import BACKEND_PREFIX, calvin_backend
 from sim.chains import CHAIN_LENGTH, Chain
 from sim.env import PlayTableEnv
 from sim.policy import POLICIES, Policy, make_policy
@@ -194,14 +195,20 @@ def write_video(path: Path, frames: Sequence[np.ndarray]) -> None:
             writer.append_data(frame)
 
 
+def make_backend(scene: str, render: bool) -> tuple[Any, SubtaskOracle]:
+    """(env, oracle) for a play-table scene ("A"-"D") or CALVIN's PyBullet env ("calvin:PATH")."""
+    if scene.startswith(BACKEND_PREFIX):
+        return calvin_backend(scene)
+    return PlayTableEnv(scene, render=render), TaskOracle()
+
+
 class ChainRunner:
     """One process's env, policy and oracle, built once and reused for many chains."""
 
     def __init__(self, setup: RunSetup) -> None:
         self.setup = setup
-        self.env = PlayTableEnv(setup.scene, render=setup.render)
+        self.env, self.oracle = make_backend(setup.scene, setup.render)
         self.policy = make_policy(setup.policy_name, **setup.policy_options)
-        self.oracle = TaskOracle()
 
     def __call__(self, job: tuple[int, Chain, bool]) -> tuple[Record, str | None]:
         index, chain, record = job
