@@ -1,0 +1,218 @@
+"""DreamVLA: encoders -> block-masked backbone -> (dream queries -> world heads, action queries -> DiT).
+
+Batch keys (``B`` batch, ``T`` history <= ``backbone.history``, views ``static`` and ``gripper``)::
+
+    rgb_static    (B, T, 3, H, W) uint8     any H, W (resized inside the vision encoder)
+    rgb_gripper   (B, T, 3, H, W) uint8
+    robot_obs     (B, T, 15) float          normalised proprioception
+    lang_emb      (B, lang_dim) float       frozen sentence embedding (MiniLM: 384)
+    actions       (B, chunk, 7) float       training only: relative actions in [-1, 1]
+    targets       {name: tensor}            training only, optional: the future frame's
+                                            dynamic_<view>, depth_<view>, seg_<view> (or semfeat_<view>)
+    has_target    {name: bool | (B,) bool}  optional flags; see ``world_heads``
+
+Observation keys may also sit under ``batch["history"]`` (the data loader's layout). The
+features of the last timestep drive the predictions: its action queries condition the DiT, its
+dream queries feed the world heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from .attention_mask import TokenLayout
+from .backbone import Backbone, BackboneConfig, check_positive_ints
+from .diffusion import DiffusionSchedule
+from .dit import DiT, DiTConfig
+from .encoders import TEXT_ENCODERS, ProprioEncoder, VisionConfig, VisionEncoder
+from .world_heads import WORLD_KINDS, WorldHeadConfig, WorldHeads
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "model"
+SECTIONS = {"vision": VisionConfig, "backbone": BackboneConfig, "world": WorldHeadConfig, "dit": DiTConfig}
+DIT_DERIVED = ("action_dim", "chunk", "cond_dim", "cond_tokens")  # DiTConfig fields set by DreamVLAConfig
+
+
+@dataclass
+class DreamVLAConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    world: WorldHeadConfig = field(default_factory=WorldHeadConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    views: tuple[str, ...] = ("static", "gripper")
+    text_encoder: str = "minilm"  # a TEXT_ENCODERS name; lang_dim must match its width
+    lang_dim: int = 384
+    proprio_dim: int = 15
+    dream_per_view: int = 9  # dream queries per view per kind
+    action_queries: int = 3
+    chunk: int = 3
+    action_dim: int = 7
+    action_weight: float = 1.0
+    dynamic_weight: float = 0.1
+    depth_weight: float = 0.001
+    semantic_weight: float = 0.01
+    cfg_dropout: float = 0.1  # probability of the null condition in training
+    train_steps: int = 100  # DDPM steps
+    ddim_steps: int = 10
+    guidance: float = 1.5
+
+    def __post_init__(self) -> None:
+        self.views = tuple(self.views)
+        for name, cls in SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"DreamVLAConfig.{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
+        check_positive_ints("DreamVLAConfig", lang_dim=self.lang_dim, proprio_dim=self.proprio_dim,
+                            dream_per_view=self.dream_per_view, action_queries=self.action_queries,
+                            chunk=self.chunk, action_dim=self.action_dim, train_steps=self.train_steps,
+                            ddim_steps=self.ddim_steps)
+        if not self.views or len(set(self.views)) != len(self.views) or not all(
+                isinstance(v, str) and v for v in self.views):
+            raise ValueError(f"DreamVLAConfig.views must be unique non-empty names, got {self.views!r}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"DreamVLAConfig.text_encoder {self.text_encoder!r} is not one of "
+                             f"{sorted(TEXT_ENCODERS)}")
+        for kind in ("action", *WORLD_KINDS):
+            weight = getattr(self, f"{kind}_weight")
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise ValueError(f"DreamVLAConfig.{kind}_weight must be a number >= 0, got {weight!r}")
+        if not 0.0 <= self.cfg_dropout < 1.0:
+            raise ValueError(f"DreamVLAConfig.cfg_dropout must be in [0, 1), got {self.cfg_dropout!r}")
+        if self.ddim_steps > self.train_steps:
+            raise ValueError(f"DreamVLAConfig.ddim_steps={self.ddim_steps} exceeds train_steps={self.train_steps}")
+        if not isinstance(self.guidance, (int, float)) or self.guidance < 1.0:
+            raise ValueError(f"DreamVLAConfig.guidance must be >= 1.0, got {self.guidance!r}")
+        expected = {"action_dim": self.action_dim, "chunk": self.chunk, "cond_dim": self.backbone.width,
+                    "cond_tokens": self.action_queries}
+        for name, value in expected.items():
+            if getattr(self.dit, name) != value:
+                raise ValueError(f"DreamVLAConfig.dit.{name}={getattr(self.dit, name)} must equal {value} "
+                                 f"(set from the model config; omit it in the dit section)")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DreamVLAConfig:
+        """From a nested dict (the YAML layout); the DiT's derived fields are filled in."""
+        if not isinstance(d, dict):
+            raise TypeError(f"model config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {sorted(known)}")
+        top = {k: v for k, v in d.items() if k not in SECTIONS}
+        defaults = cls.__dataclass_fields__
+        backbone = _section("backbone", d.get("backbone", {}))
+        dit_values = dict(d.get("dit", {}))
+        derived = {"action_dim": top.get("action_dim", defaults["action_dim"].default),
+                   "chunk": top.get("chunk", defaults["chunk"].default), "cond_dim": backbone.width,
+                   "cond_tokens": top.get("action_queries", defaults["action_queries"].default)}
+        for name, value in derived.items():
+            dit_values.setdefault(name, value)
+        return cls(vision=_section("vision", d.get("vision", {})), backbone=backbone,
+                   world=_section("world", d.get("world", {})), dit=_section("dit", dit_values), **top)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["views"] = list(self.views)
+        return d
+
+
+def _section(name: str, values: dict[str, Any]) -> Any:
+    cls = SECTIONS[name]
+    if not isinstance(values, dict):
+        raise TypeError(f"model config section {name!r} must be a mapping, got {values!r}")
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in model config section {name!r}; valid: {sorted(valid)}")
+    return cls(**values)
+
+
+def load_model_config(name: str, config_dir: str | Path = CONFIG_DIR) -> DreamVLAConfig:
+    """DreamVLAConfig from ``<config_dir>/<name>.yaml`` (e.g. ``tiny``, ``paper``)."""
+    path = Path(config_dir) / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
+        raise FileNotFoundError(f"no model config {name!r} ({path}); available: {available}")
+    try:
+        return DreamVLAConfig.from_dict(yaml.safe_load(path.read_text()) or {})
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{path}: {e}") from e
+
+
+class DreamVLA(nn.Module):
+    """The network: ``forward(batch) -> (loss, info)`` to train, ``predict_chunk`` to act."""
+
+    def __init__(self, config: DreamVLAConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.backbone.width
+        self.layout = TokenLayout.dreamvla(config.views, config.vision.num_latents, config.dream_per_view,
+                                           config.action_queries)
+        self.vision = VisionEncoder(config.vision, config.views)
+        self.image_proj = nn.Linear(config.vision.width, width)
+        self.lang_proj = nn.Linear(config.lang_dim, width)
+        self.proprio = ProprioEncoder(width, config.proprio_dim)
+        dream_tokens = config.dream_per_view * len(config.views)
+        self.dream_queries = nn.Parameter(torch.randn(len(WORLD_KINDS), dream_tokens, width) * 0.02)
+        self.action_queries = nn.Parameter(torch.randn(config.action_queries, width) * 0.02)
+        self.backbone = Backbone(config.backbone, self.layout)
+        self.world_heads = WorldHeads(config.world, width, config.views, config.dream_per_view)
+        self.dit = DiT(config.dit)
+        self.schedule = DiffusionSchedule(config.train_steps)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Input tokens (B, T, P, D) in layout order from the observations of ``batch``."""
+        obs = batch.get("history", batch)
+        state = self.proprio(obs["robot_obs"])  # (B, T, D)
+        B, T, D = state.shape
+        groups = {"state": state[:, :, None], "text": self.lang_proj(batch["lang_emb"])[:, None, None].expand(
+            B, T, 1, D)}
+        images = {v: obs[f"rgb_{v}"].flatten(0, 1) for v in self.config.views}  # (B*T, 3, H, W)
+        for view, (cls, latents) in self.vision(images).items():
+            groups[f"image_{view}"] = self.image_proj(latents).view(B, T, -1, D)  # (B, T, N, D)
+            groups[f"cls_{view}"] = self.image_proj(cls).view(B, T, 1, D)
+        for kind, queries in zip(WORLD_KINDS, self.dream_queries):
+            groups[kind] = queries.expand(B, T, -1, -1)  # (B, T, Q, D)
+        groups["action"] = self.action_queries.expand(B, T, -1, -1)  # (B, T, A, D)
+        return torch.cat([groups[g.name] for g in self.layout.groups], dim=2)  # (B, T, P, D)
+
+    def features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Backbone features of the last timestep per query group: {group: (B, size, D)}."""
+        last = self.backbone(self.tokens(batch))[:, -1]  # (B, P, D)
+        return {name: last[:, self.layout.step_slice(name)] for name in (*WORLD_KINDS, "action")}
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        feats = self.features(batch)
+        actions = batch["actions"]  # (B, chunk, 7)
+        B = actions.shape[0]
+        drop = torch.rand(B, device=actions.device) < (cfg.cfg_dropout if self.training else 0.0)  # (B,)
+        cond = self.dit.mask_condition(feats["action"], drop)  # (B, A, D)
+        noise = torch.randn_like(actions)
+        t = torch.randint(0, cfg.train_steps, (B,), device=actions.device)  # (B,)
+        pred = self.dit(self.schedule.add_noise(actions, noise, t), t, cond)  # (B, chunk, 7)
+        terms = {"action": F.mse_loss(pred, noise)}
+        terms.update(self.world_heads(feats, batch.get("targets", {}), batch.get("has_target", {})))
+        loss = sum(getattr(cfg, f"{name}_weight") * value for name, value in terms.items())
+        info = {name: float(terms[name].detach()) if name in terms else 0.0 for name in ("action", *WORLD_KINDS)}
+        info.update(loss=float(loss.detach()), world_terms=float(len(terms) - 1))
+        return loss, info
+
+    @torch.no_grad()
+    def predict_chunk(self, batch_obs: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Action chunk (B, chunk, 7) by DDIM with classifier-free guidance; world heads are skipped.
+
+        Call ``eval()`` first (dropout); ``generator`` makes the sample reproducible.
+        """
+        cfg = self.config
+        cond = self.features(batch_obs)["action"]  # (B, A, D)
+        return self.schedule.ddim_sample(self.dit, (cond.shape[0], cfg.chunk, cfg.action_dim), cond,
+                                         steps=cfg.ddim_steps, guidance=cfg.guidance, generator=generator)

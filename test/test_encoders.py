@@ -1,0 +1,154 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dream_policy.encoders import (
+    TEXT_ENCODERS,
+    CLIPTextEncoder,
+    MiniLMTextEncoder,
+    PerceiverResampler,
+    ProprioEncoder,
+    VisionConfig,
+    VisionEncoder,
+    build_text_encoder,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def images(b: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"static": torch.randint(0, 256, (b, 3, 200, 200), generator=g, dtype=torch.uint8),
+            "gripper": torch.randint(0, 256, (b, 3, 84, 84), generator=g, dtype=torch.uint8)}
+
+
+def test_minilm_caches_each_sentence():
+    calls: list[list[str]] = []
+
+    def fake_embed(sentences: list[str]) -> np.ndarray:
+        calls.append(sentences)
+        return np.ones((len(sentences), 384), np.float32) * np.arange(len(sentences))[:, None]
+
+    enc = MiniLMTextEncoder(embed_fn=fake_embed)
+    first = enc.encode(["open the drawer", "push the button"])
+    again = enc.encode(["push the button", "open the drawer", "open the drawer"])
+    assert first.shape == (2, 384) and again.shape == (3, 384)
+    assert len(calls) == 1  # the second call is served from the cache
+    assert torch.equal(again[1], first[0])
+    enc.encode(["lift the red block"])
+    assert calls[-1] == ["lift the red block"]
+
+
+def test_minilm_real_model_is_384_unit_norm():
+    emb = MiniLMTextEncoder().encode(["open the drawer"])
+    assert emb.shape == (1, 384)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(1), atol=1e-4)
+
+
+def _tiny_clip_dir(path) -> None:
+    """A randomly initialised tiny CLIP text model + a character-level CLIP BPE vocabulary (no merges)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = list(letters) + [c + "</w>" for c in letters] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), pad_token="<|endoftext|>")
+    tokenizer.save_pretrained(str(path))
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77,
+                            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                            pad_token_id=vocab["<|endoftext|>"])
+    CLIPTextModel(config).save_pretrained(str(path))
+
+
+def test_clip_text_encoder_from_local_files(tmp_path):
+    _tiny_clip_dir(tmp_path)
+    enc = build_text_encoder("clip", path=tmp_path)
+    assert isinstance(enc, CLIPTextEncoder) and enc.dim == 32
+    emb = enc.encode(["open the drawer", "push the button"])
+    assert emb.shape == (2, 32) and torch.isfinite(emb).all()
+    assert not any(p.requires_grad for p in enc.model.parameters())
+    assert torch.equal(enc.encode(["push the button"])[0], emb[1])  # cached
+    ids = enc.tokenizer(["open the drawer"], return_tensors="pt")["input_ids"]
+    assert torch.allclose(enc.embed_ids(ids)[0], emb[0], atol=1e-5)  # padding does not change the pooled token
+
+
+def test_clip_missing_directory_and_unknown_encoder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        CLIPTextEncoder.from_local(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"'bert'.*\['clip', 'minilm'\]"):
+        build_text_encoder("bert")
+    assert set(TEXT_ENCODERS) == {"clip", "minilm"}
+
+
+@pytest.mark.parametrize("kind,shared", [("vit", True), ("vit", False), ("resnet", True)])
+def test_vision_encoder_shapes(kind, shared):
+    torch.manual_seed(0)
+    config = VisionConfig(kind=kind, image_size=64, patch=16, width=32, depth=1, heads=4, num_latents=3,
+                          resampler_heads=4, shared=shared)
+    enc = VisionEncoder(config, ("static", "gripper"))
+    assert len(enc.encoders) == (1 if shared else 2)
+    out = enc(images())
+    for view in ("static", "gripper"):
+        cls, latents = out[view]
+        assert cls.shape == (2, 32) and latents.shape == (2, 3, 32)
+        assert torch.isfinite(latents).all()
+
+
+def test_vision_rejects_float_images_and_missing_views():
+    enc = VisionEncoder(VisionConfig(image_size=32, width=32, depth=1), ("static",))
+    with pytest.raises(ValueError, match="uint8"):
+        enc({"static": torch.rand(1, 3, 32, 32)})
+    with pytest.raises(KeyError, match="static"):
+        enc({"gripper": images()["gripper"]})
+
+
+def test_timm_kind_is_lazy_and_clear():
+    config = VisionConfig(kind="timm", timm_name="vit_tiny_patch16_224", width=192, heads=4, resampler_heads=4)
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="timm"):
+            VisionEncoder(config, ("static",))
+    else:
+        cls, latents = VisionEncoder(config, ("static",))({"static": images(1)["static"]})["static"]
+        assert cls.shape == (1, 192) and latents.shape == (1, config.num_latents, 192)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"kind": "mae"}, "'mae'"), ({"image_size": 90}, "image_size=90"),
+                                          ({"kind": "resnet", "patch": 12}, "patch=12"),
+                                          ({"kind": "timm"}, "timm_name"), ({"num_latents": 0}, "num_latents")])
+def test_vision_config_errors_name_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VisionConfig(**kwargs)
+
+
+def test_perceiver_resampler_compresses_tokens():
+    r = PerceiverResampler(num_latents=5, width=32, depth=2, heads=4)
+    assert r(torch.randn(3, 49, 32)).shape == (3, 5, 32)
+
+
+def test_proprio_encoder_one_hot_gripper():
+    torch.manual_seed(0)
+    enc = ProprioEncoder(width=16)
+    obs = torch.zeros(2, 4, 15)
+    obs[0, :, 14] = 1.0
+    obs[1, :, 14] = -1.0
+    out = enc(obs)
+    assert out.shape == (2, 4, 16)
+    assert not torch.allclose(out[0], out[1])
+    obs[1, :, 14] = -0.5  # same side of the threshold: same one-hot
+    assert torch.allclose(enc(obs)[1], out[1])
+    with pytest.raises(ValueError, match="15"):
+        enc(torch.zeros(2, 14))

@@ -1,0 +1,209 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from dream_policy.model import DreamVLA, DreamVLAConfig, load_model_config
+from dream_policy.world_heads import (
+    cosine_feature_loss,
+    dynamic_region_loss,
+    flagged_mean,
+    scale_invariant_log_loss,
+    semantic_ce_loss,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_batch(config: DreamVLAConfig, b: int = 2, t: int | None = None, targets: bool = True,
+                 size: tuple[int, int] = (200, 84)) -> dict:
+    g = torch.Generator().manual_seed(1)
+    t = t or config.backbone.history
+    batch = {
+        "rgb_static": torch.randint(0, 256, (b, t, 3, size[0], size[0]), generator=g, dtype=torch.uint8),
+        "rgb_gripper": torch.randint(0, 256, (b, t, 3, size[1], size[1]), generator=g, dtype=torch.uint8),
+        "robot_obs": torch.randn(b, t, 15, generator=g),
+        "lang_emb": torch.randn(b, config.lang_dim, generator=g),
+        "actions": torch.rand(b, config.chunk, 7, generator=g) * 2 - 1,
+    }
+    if targets:
+        batch["targets"] = {}
+        for view, s in zip(("static", "gripper"), size):
+            batch["targets"][f"depth_{view}"] = torch.rand(b, s, s, generator=g) + 0.5
+            batch["targets"][f"seg_{view}"] = torch.randint(0, 11, (b, s, s), generator=g, dtype=torch.uint8)
+            batch["targets"][f"dynamic_{view}"] = torch.rand(b, s, s, generator=g) > 0.8
+        batch["has_target"] = {k: torch.ones(b, dtype=torch.bool) for k in batch["targets"]}
+    return batch
+
+
+@pytest.fixture(scope="module")
+def tiny() -> DreamVLAConfig:
+    return load_model_config("tiny")
+
+
+def test_tiny_forward_backward(tiny):
+    torch.manual_seed(0)
+    model = DreamVLA(tiny)
+    loss, info = model(random_batch(tiny))
+    loss.backward()
+    assert set(info) == {"loss", "action", "dynamic", "depth", "semantic", "world_terms"}
+    assert info["world_terms"] == 3 and all(info[k] > 0 for k in ("dynamic", "depth", "semantic"))
+    expected = info["action"] + 0.1 * info["dynamic"] + 0.001 * info["depth"] + 0.01 * info["semantic"]
+    assert math.isclose(info["loss"], expected, rel_tol=1e-5)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.dream_queries.grad.abs().sum() > 0  # (the DiT's adaLN-Zero init blocks the action path's first step)
+    print("tiny params", model.num_params())
+    assert 1e6 < model.num_params() < 10e6
+
+
+def test_world_losses_skip_cleanly(tiny):
+    torch.manual_seed(0)
+    model = DreamVLA(tiny).eval()
+    batch = random_batch(tiny, targets=False)
+    torch.manual_seed(3)
+    loss, info = model(batch)
+    assert info["world_terms"] == 0 and info["dynamic"] == info["depth"] == info["semantic"] == 0.0
+    assert math.isclose(info["loss"], info["action"], rel_tol=1e-6)
+    loss.backward()
+    flagged_off = random_batch(tiny)
+    flagged_off["has_target"] = {k: torch.zeros(2, dtype=torch.bool) for k in flagged_off["targets"]}
+    torch.manual_seed(3)
+    assert model(flagged_off)[1]["world_terms"] == 0
+    only_depth = random_batch(tiny)
+    only_depth["targets"] = {k: v for k, v in only_depth["targets"].items() if k.startswith("depth_")}
+    torch.manual_seed(3)
+    info = model(only_depth)[1]
+    assert info["world_terms"] == 1 and info["depth"] > 0 and info["semantic"] == 0.0
+
+
+def test_partial_flags_count_only_flagged_samples(tiny):
+    torch.manual_seed(0)
+    model = DreamVLA(tiny).eval()
+    batch = random_batch(tiny)
+    batch["has_target"]["seg_static"] = torch.tensor([True, False])
+    torch.manual_seed(3)
+    both = model(batch)[1]["semantic"]
+    batch["targets"]["seg_static"][1] = 5  # an unflagged sample's target does not count
+    torch.manual_seed(3)
+    assert model(batch)[1]["semantic"] == both
+
+
+def test_overfit_one_batch_reduces_action_loss(tiny):
+    torch.manual_seed(0)
+    model = DreamVLA(tiny)
+    batch = random_batch(tiny, b=4, t=2, targets=False, size=(64, 64))
+
+    def eval_loss() -> float:
+        model.eval()
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return sum(model(batch)[1]["action"] for _ in range(4)) / 4
+
+    before = eval_loss()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(30):
+        loss, _ = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    print(f"action loss {before:.3f} -> {after:.3f}")
+    assert after < 0.7 * before
+
+
+def test_predict_chunk_shape_and_determinism(tiny):
+    torch.manual_seed(0)
+    model = DreamVLA(tiny).eval()
+    obs = random_batch(tiny, t=3, targets=False)
+    del obs["actions"]
+    a = model.predict_chunk(obs, generator=torch.Generator().manual_seed(7))
+    b = model.predict_chunk({"history": {k: obs[k] for k in ("rgb_static", "rgb_gripper", "robot_obs")},
+                             "lang_emb": obs["lang_emb"]}, generator=torch.Generator().manual_seed(7))
+    c = model.predict_chunk(obs, generator=torch.Generator().manual_seed(8))
+    assert a.shape == (2, 3, 7) and torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_loss_functions():
+    depth = torch.rand(2, 8, 8) + 0.5
+    shifted = depth.log() + 0.3  # a global scale error
+    assert torch.allclose(scale_invariant_log_loss(shifted, depth, lam=1.0), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(scale_invariant_log_loss(shifted, depth), torch.full((2,), 0.5 * 0.09), atol=1e-6)
+    invalid = depth.clone()
+    invalid[:, :4] = 0.0
+    invalid[:, 4, 0] = float("nan")
+    pred = torch.zeros(2, 8, 8, requires_grad=True)
+    loss = scale_invariant_log_loss(pred, invalid)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(pred.grad).all() and pred.grad[:, :4].abs().sum() == 0
+    mask = torch.rand(2, 8, 8) > 0.5
+    assert dynamic_region_loss((mask.float() * 2 - 1) * 20, mask).max() < 1e-6
+    ids = torch.randint(0, 5, (2, 8, 8))
+    assert semantic_ce_loss(torch.nn.functional.one_hot(ids, 5).permute(0, 3, 1, 2) * 30.0, ids).max() < 1e-6
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        semantic_ce_loss(torch.zeros(1, 5, 2, 2), torch.full((1, 2, 2), 7))
+    feats = torch.randn(2, 6, 4, 4)
+    assert cosine_feature_loss(feats * 3, feats).abs().max() < 1e-5
+    assert flagged_mean(torch.tensor([1.0, 3.0]), torch.tensor([False, False])) is None
+    assert flagged_mean(torch.tensor([1.0, 3.0]), torch.tensor([False, True])) == 3.0
+
+
+def test_semantic_feature_mode(tiny):
+    config = dataclasses.replace(tiny, world=dataclasses.replace(tiny.world, semantic="features", feature_dim=8))
+    torch.manual_seed(0)
+    model = DreamVLA(config)
+    batch = random_batch(config, targets=False)
+    batch["targets"] = {"semfeat_static": torch.randn(2, 8, 14, 14)}
+    info = model(batch)[1]
+    assert info["world_terms"] == 1 and info["semantic"] > 0
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"cfg_dropout": 1.5}, "cfg_dropout.*1.5"), ({"guidance": 0.5}, "guidance.*0.5"),
+    ({"depth_weight": -1}, "depth_weight.*-1"), ({"text_encoder": "bert"}, "'bert'"),
+    ({"ddim_steps": 200}, "ddim_steps=200"), ({"chunk": 4}, "dit.chunk=3 must equal 4"),
+])
+def test_config_errors_name_the_value(tiny, change, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(tiny, **change)
+
+
+def test_config_loading_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"'huge'.*paper.*tiny"):
+        load_model_config("huge")
+    (tmp_path / "bad.yaml").write_text("backbone:\n  widht: 64\n")
+    with pytest.raises(ValueError, match=r"bad.yaml.*'widht'.*'backbone'"):
+        load_model_config("bad", tmp_path)
+    (tmp_path / "bad2.yaml").write_text("histroy: 3\n")
+    with pytest.raises(ValueError, match="histroy"):
+        load_model_config("bad2", tmp_path)
+    (tmp_path / "ok.yaml").write_text("chunk: 5\nbackbone:\n  width: 64\n  heads: 4\n")
+    config = load_model_config("ok", tmp_path)
+    assert config.dit.chunk == 5 and config.dit.cond_dim == 64
+    assert DreamVLAConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.slow
+def test_paper_config_one_step():
+    config = load_model_config("paper")
+    assert config.backbone.history == 10 and config.backbone.depth == 24 and config.backbone.width == 1024
+    assert config.dit.depth == 12 and config.dit.width == 768 and config.vision.num_latents == 16
+    assert config.dream_per_view == 9 and config.action_queries == 3
+    torch.manual_seed(0)
+    model = DreamVLA(config)
+    n = model.num_params()
+    print(f"paper DreamVLA parameters: {n / 1e6:.1f}M")
+    assert 500e6 < n < 700e6
+    assert model.layout.tokens_per_step == 1 + 1 + 32 + 2 + 54 + 3
+    loss, info = model(random_batch(config, b=1))
+    loss.backward()
+    assert math.isfinite(info["loss"]) and info["world_terms"] == 3
