@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dream_policy import __version__
 
@@ -74,6 +74,12 @@ COMMANDS: dict[str, Command] = {
             "record scripted-expert play episodes as a data set",
             "collect",
             "sim.collect:collect_command",
+        ),
+        Command(
+            "train",
+            "train a DreamVLA policy on a CALVIN-format data set",
+            "train",
+            "dream_policy.train_command:train_command",
         ),
     )
 }
@@ -188,6 +194,19 @@ def command_help(command: Command) -> str:
     )
 
 
+def _missing_keys(config: Any, prefix: str = "") -> list[str]:
+    """Keys of the composed config still set to ``???`` (mandatory, no default)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    missing = []
+    for key in config:
+        if OmegaConf.is_missing(config, key):
+            missing.append(f"{prefix}{key}")
+        elif isinstance(config[key], DictConfig):
+            missing += _missing_keys(config[key], f"{prefix}{key}.")
+    return missing
+
+
 def run(argv: Sequence[str]) -> int:
     if not argv:
         print(usage(), file=sys.stderr)
@@ -203,6 +222,9 @@ def run(argv: Sequence[str]) -> int:
         print(command_help(command))
         return 0
     config = compose_config(command, overrides)
+    missing = _missing_keys(config)
+    if missing:
+        raise UsageError(f"{command.name} needs a value for {', '.join(missing)} (e.g. {missing[0]}=...)")
     result = command.load()(config)
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 

@@ -42,7 +42,7 @@ def run_cli(*args, env=None):
 
 
 def test_registered_commands():
-    assert set(cli.COMMANDS) == {"chains", "eval", "collect"}
+    assert set(cli.COMMANDS) == {"chains", "eval", "collect", "train"}
     for name, command in cli.COMMANDS.items():
         assert command.name == name
         assert (REPO / "configs" / f"{command.config_name}.yaml").is_file()
