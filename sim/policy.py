@@ -21,6 +21,7 @@ class Policy(Protocol):
 # name -> "module:factory"; a factory takes keyword options and returns a Policy.
 POLICIES: dict[str, str] = {
     "expert": "sim.expert:make_expert",
+    "checkpoint": "dream_policy.runtime:make_checkpoint_policy",
 }
 
 

@@ -22,7 +22,7 @@ One sample (``default_collate`` batches these dicts)::
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,16 @@ def _image_or_vector(values: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(stacked))
 
 
+def preprocess_history(frames: Sequence[Mapping[str, np.ndarray]], keys: Sequence[str],
+                       normalizer: Normalizer) -> dict[str, torch.Tensor]:
+    """The one observation preprocessing path (training, simulation, ROS): a window of frames as
+    tensors, images (T, C, H, W) uint8 and ``robot_obs`` (T, 15) normalised."""
+    history = {k: _image_or_vector([frame[k] for frame in frames]) for k in keys}
+    if PROPRIO_KEY in history:
+        history[PROPRIO_KEY] = normalizer.normalize_obs(history[PROPRIO_KEY])
+    return history
+
+
 class CalvinWindowDataset(IterableDataset):
     """Samples (history, action chunk, forecast targets, language) streamed from one split folder.
 
@@ -222,10 +232,7 @@ class CalvinWindowDataset(IterableDataset):
 
     def _history(self, frames: dict[int, Frame], t: int) -> dict[str, torch.Tensor]:
         ids = [int(i) for i in self.spec.history_ids(t)]
-        history = {k: _image_or_vector([frames[i][k] for i in ids]) for k in self.observation_keys}
-        if PROPRIO_KEY in history:
-            history[PROPRIO_KEY] = self.normalizer.normalize_obs(history[PROPRIO_KEY])
-        return history
+        return preprocess_history([frames[i] for i in ids], self.observation_keys, self.normalizer)
 
     def _targets(self, frames: dict[int, Frame], t: int) -> dict[str, torch.Tensor]:
         if not self.target_names:

@@ -1,0 +1,86 @@
+"""The policy at run time: CALVIN's ``model.step`` contract around a trained DreamVLA.
+
+``DreamPolicy.from_checkpoint(path)`` restores the network (EMA weights when the checkpoint has
+them), its config and the normalisation statistics saved beside it; ``reset()`` forgets the
+history; ``step(obs, instruction)`` returns one 7-D relative action; ``predict_chunk`` the whole
+chunk. Observations go through ``preprocess_history``, the loader's own preprocessing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dream_policy.checkpoint import EMA_WEIGHTS, WEIGHTS, load_config, load_normalization, load_weights
+from dream_policy.data.loader import preprocess_history
+from dream_policy.data.normalization import Normalizer, clip_actions
+from dream_policy.encoders import TextEncoder, build_text_encoder
+from dream_policy.model import DreamVLA, DreamVLAConfig
+
+OBSERVATION_KEYS = ("rgb_static", "rgb_gripper", "robot_obs")
+
+
+class DreamPolicy:
+    """History window, language cache and action sampling around a ``DreamVLA`` network."""
+
+    def __init__(self, model: DreamVLA, normalizer: Normalizer, text_encoder: TextEncoder,
+                 device: str | torch.device = "cpu", seed: int = 0) -> None:
+        self.model = model.to(device).eval()
+        self.normalizer, self.text_encoder, self.device = normalizer, text_encoder, torch.device(device)
+        self.history_len = model.config.backbone.history
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.reset()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
+                        text_encoder: TextEncoder | None = None) -> DreamPolicy:
+        """Restore a checkpoint folder written by ``dream-policy train``."""
+        path = Path(path)
+        full = load_config(path)
+        if "model_config" not in full:
+            raise ValueError(f"{path}: config.yaml has no 'model_config'; was it written by dream-policy train?")
+        config = DreamVLAConfig.from_dict(full["model_config"])
+        model = DreamVLA(config)
+        load_weights(path, model, name=EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS)
+        normalizer = Normalizer.from_dict(load_normalization(path))
+        return cls(model, normalizer, text_encoder or build_text_encoder(config.text_encoder), device)
+
+    def seed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def reset(self) -> None:
+        self._frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.history_len)
+
+    def _batch(self, obs: dict[str, Any], instruction: str) -> dict[str, Any]:
+        missing = [k for k in OBSERVATION_KEYS if k not in obs]
+        if missing:
+            raise KeyError(f"observation lacks {missing}; the policy needs {list(OBSERVATION_KEYS)}")
+        self._frames.append({k: np.asarray(obs[k]) for k in OBSERVATION_KEYS})
+        frames = list(self._frames)
+        frames = [frames[0]] * (self.history_len - len(frames)) + frames  # pad a short history
+        history = preprocess_history(frames, OBSERVATION_KEYS, self.normalizer)
+        lang = self.text_encoder.encode([instruction])  # (1, lang_dim)
+        return {"history": {k: v[None].to(self.device) for k, v in history.items()},
+                "lang_emb": lang.to(self.device)}
+
+    @torch.no_grad()
+    def predict_chunk(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
+        """The action chunk (chunk, 7) for this observation (appended to the history)."""
+        chunk = self.model.predict_chunk(self._batch(obs, instruction), generator=self.generator)[0]
+        return clip_actions(chunk.cpu().numpy().astype(np.float64))
+
+    def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
+        """CALVIN's contract: one relative action; replans every step (the first of each chunk)."""
+        return self.predict_chunk(obs, instruction)[0]
+
+
+def make_checkpoint_policy(ckpt: str | None = None, device: str = "cpu", **_: object) -> DreamPolicy:
+    """Registry factory (``policy=checkpoint ckpt=PATH``)."""
+    if not ckpt:
+        raise ValueError("policy=checkpoint needs ckpt=PATH (a checkpoint folder from dream-policy train)")
+    torch.set_num_threads(1)  # small networks on a 2-core CPU: threads cost more than they give
+    return DreamPolicy.from_checkpoint(ckpt, device)
