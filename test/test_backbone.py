@@ -5,14 +5,6 @@ from dream_policy.attention_mask import TokenLayout, block_attention_mask
 from dream_policy.backbone import Backbone, BackboneConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_backbone(history: int = 3) -> tuple[Backbone, TokenLayout]:
     torch.manual_seed(0)
     layout = TokenLayout.dreamvla(image_tokens=2, dream_per_view=1, action_queries=2)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 from test_trainer import ToyMap, ToyRegressor, ToyStream, toy_config
@@ -16,14 +14,6 @@ from dream_policy.checkpoint import load_tensors
 from dream_policy.trainer import Trainer
 
 WORLD = 2
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _free_port() -> int:

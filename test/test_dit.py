@@ -8,15 +8,6 @@ CFG = DiTConfig(action_dim=7, chunk=3, width=32, depth=2, heads=4, cond_dim=16, 
 B = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls run far slower with intra-op threads on a shared 2-core host (0.3 s vs 3 ms a step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomised_model(seed: int = 0) -> DiT:
     """A DiT whose zero-initialised (adaLN-Zero) weights are made random, so every sub-block matters."""
     torch.manual_seed(seed)

@@ -16,14 +16,6 @@ from dream_policy.encoders import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def images(b: int = 2) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return {"static": torch.randint(0, 256, (b, 3, 200, 200), generator=g, dtype=torch.uint8),

@@ -14,14 +14,6 @@ from dream_policy.world_heads import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_batch(config: DreamVLAConfig, b: int = 2, t: int | None = None, targets: bool = True,
                  size: tuple[int, int] = (200, 84)) -> dict:
     g = torch.Generator().manual_seed(1)

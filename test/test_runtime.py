@@ -22,14 +22,6 @@ class FakeText:
         return torch.stack([torch.full((384,), float(len(s) % 7) / 7) for s in sentences])
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)

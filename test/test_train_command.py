@@ -6,21 +6,12 @@ from __future__ import annotations
 import csv
 
 import pytest
-import torch
 from test_data_loader import make_split
 
 from dream_policy.checkpoint import load_normalization, load_weights
 from dream_policy.cli import main
 from dream_policy.data.normalization import Normalizer
 from dream_policy.model import DreamVLA, load_model_config
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train(data, out, steps: int, *extra: str) -> int:

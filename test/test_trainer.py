@@ -33,15 +33,6 @@ from dream_policy.checkpoint import (
 from dream_policy.schedule import lr_at
 from dream_policy.trainer import EMA, NonFiniteLossError, Trainer, TrainerConfig, param_groups
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- toys --------------------------------------------------------------------------------------
 
 
