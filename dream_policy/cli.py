@@ -177,7 +177,9 @@ def command_help(command: Command) -> str:
     from omegaconf import OmegaConf
 
     config = compose_config(command)
-    example = next((f"{key}={value}" for key, value in config.items() if value is not None), "key=value")
+    plain = OmegaConf.to_container(config)  # unresolved: mandatory values stay '???'
+    example = next((f"{key}={value}" for key, value in plain.items()
+                    if value is not None and value != "???" and not isinstance(value, (dict, list))), "key=value")
     defaults = OmegaConf.to_yaml(config).rstrip() or "{}"
     return (
         f"usage: {PROG} {command.name} [key=value ...]\n\n"

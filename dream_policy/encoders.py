@@ -146,6 +146,8 @@ class VisionConfig:
     freeze: bool = False  # freeze the patch encoder (the paper freezes its pretrained MAE ViT)
     timm_name: str = ""  # kind="timm": model name
     timm_weights: str = ""  # kind="timm": local weight file ("" = random init)
+    augment_shift: int = 0  # training only: random translation of each resized image by up to this many pixels
+    augment_color: float = 0.0  # training only: random brightness/contrast change of up to this fraction
 
     def __post_init__(self) -> None:
         if self.kind not in VISION_KINDS:
@@ -155,6 +157,9 @@ class VisionConfig:
                             num_latents=self.num_latents, resampler_depth=self.resampler_depth,
                             resampler_heads=self.resampler_heads)
         check_dropout("VisionConfig", self.dropout)
+        if not (0 <= self.augment_shift < self.image_size // 2 and 0 <= self.augment_color < 1):
+            raise ValueError(f"VisionConfig.augment_shift={self.augment_shift} must be in [0, image_size/2) and "
+                             f"augment_color={self.augment_color} in [0, 1)")
         if self.kind != "timm" and self.image_size % self.patch:
             raise ValueError(f"VisionConfig.image_size={self.image_size} must be divisible by patch={self.patch}")
         if self.kind == "resnet" and (self.patch < 4 or self.patch & (self.patch - 1)):
@@ -170,12 +175,33 @@ class VisionConfig:
         return self.image_size // self.patch
 
 
+def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Translate each image of (B, C, S, S) by a random whole-pixel offset in [-pad, pad] (edges replicated)."""
+    B, _, S, _ = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")  # (B, C, S+2p, S+2p)
+    offsets = torch.randint(0, 2 * pad + 1, (B, 2), device=x.device)  # (B, 2) = (dy, dx)
+    rows = (offsets[:, 0, None] + torch.arange(S, device=x.device))[:, None, :, None]  # (B, 1, S, 1)
+    cols = (offsets[:, 1, None] + torch.arange(S, device=x.device))[:, None, None, :]  # (B, 1, 1, S)
+    batch = torch.arange(B, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]  # (B, C, S, S)
+
+
+def random_color(x: torch.Tensor, amount: float) -> torch.Tensor:
+    """Scale brightness and contrast of each image of (B, C, H, W) in [0, 1] by factors in [1-a, 1+a]."""
+    B = x.shape[0]
+    brightness, contrast = (1 + amount * (2 * torch.rand(2, B, 1, 1, 1, device=x.device) - 1)).unbind(0)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean * brightness).clamp(0, 1)
+
+
 class ImagePreprocessor(nn.Module):
-    """uint8 (B, 3, H, W) -> normalised float (B, 3, S, S), S = image_size."""
+    """uint8 (B, 3, H, W) -> normalised float (B, 3, S, S), S = image_size; augmented in training mode."""
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         self.size = config.image_size
+        self.shift, self.color = config.augment_shift, config.augment_color
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -186,6 +212,10 @@ class ImagePreprocessor(nn.Module):
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
                               align_corners=False)
+        if self.training and self.shift:
+            x = random_shift(x, self.shift)
+        if self.training and self.color:
+            x = random_color(x, self.color)
         return (x - self.mean) / self.std  # (B, 3, S, S)
 
 

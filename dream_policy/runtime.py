@@ -2,8 +2,9 @@
 
 ``DreamPolicy.from_checkpoint(path)`` restores the network (EMA weights when the checkpoint has
 them), its config and the normalisation statistics saved beside it; ``reset()`` forgets the
-history; ``step(obs, instruction)`` returns one 7-D relative action; ``predict_chunk`` the whole
-chunk. Observations go through ``preprocess_history``, the loader's own preprocessing.
+history; ``step(obs, instruction)`` returns one 7-D relative action (it samples a chunk and
+plays its first ``action_horizon`` actions before sampling again; every observation still
+enters the history); ``predict_chunk`` the whole chunk. Observations go through ``preprocess_history``, the loader's own preprocessing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ class DreamPolicy:
     """History window, language cache and action sampling around a ``DreamVLA`` network."""
 
     def __init__(self, model: DreamVLA, normalizer: Normalizer, text_encoder: TextEncoder,
-                 device: str | torch.device = "cpu", seed: int = 0) -> None:
+                 device: str | torch.device = "cpu", seed: int = 0, action_horizon: int | None = None) -> None:
+        chunk = model.config.chunk
+        self.action_horizon = chunk if action_horizon is None else int(action_horizon)
+        if not 1 <= self.action_horizon <= chunk:
+            raise ValueError(f"action_horizon={action_horizon} must be in [1, chunk={chunk}]")
         self.model = model.to(device).eval()
         self.normalizer, self.text_encoder, self.device = normalizer, text_encoder, torch.device(device)
         self.history_len = model.config.backbone.history
@@ -37,7 +42,7 @@ class DreamPolicy:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
-                        text_encoder: TextEncoder | None = None) -> DreamPolicy:
+                        text_encoder: TextEncoder | None = None, action_horizon: int | None = None) -> DreamPolicy:
         """Restore a checkpoint folder written by ``dream-policy train``."""
         path = Path(path)
         full = load_config(path)
@@ -47,19 +52,24 @@ class DreamPolicy:
         model = DreamVLA(config)
         load_weights(path, model, name=EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS)
         normalizer = Normalizer.from_dict(load_normalization(path))
-        return cls(model, normalizer, text_encoder or build_text_encoder(config.text_encoder), device)
+        return cls(model, normalizer, text_encoder or build_text_encoder(config.text_encoder), device,
+                   action_horizon=action_horizon)
 
     def seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
 
     def reset(self) -> None:
         self._frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.history_len)
+        self._queue: deque[np.ndarray] = deque()
+        self._instruction: str | None = None
 
-    def _batch(self, obs: dict[str, Any], instruction: str) -> dict[str, Any]:
+    def _observe(self, obs: dict[str, Any]) -> None:
         missing = [k for k in OBSERVATION_KEYS if k not in obs]
         if missing:
             raise KeyError(f"observation lacks {missing}; the policy needs {list(OBSERVATION_KEYS)}")
         self._frames.append({k: np.asarray(obs[k]) for k in OBSERVATION_KEYS})
+
+    def _batch(self, instruction: str) -> dict[str, Any]:
         frames = list(self._frames)
         frames = [frames[0]] * (self.history_len - len(frames)) + frames  # pad a short history
         history = preprocess_history(frames, OBSERVATION_KEYS, self.normalizer)
@@ -70,17 +80,28 @@ class DreamPolicy:
     @torch.no_grad()
     def predict_chunk(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
         """The action chunk (chunk, 7) for this observation (appended to the history)."""
-        chunk = self.model.predict_chunk(self._batch(obs, instruction), generator=self.generator)[0]
+        self._observe(obs)
+        return self._sample(instruction)
+
+    def _sample(self, instruction: str) -> np.ndarray:
+        chunk = self.model.predict_chunk(self._batch(instruction), generator=self.generator)[0]
         return clip_actions(chunk.cpu().numpy().astype(np.float64))
 
     def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
-        """CALVIN's contract: one relative action; replans every step (the first of each chunk)."""
-        return self.predict_chunk(obs, instruction)[0]
+        """CALVIN's contract: one relative action. A new instruction drops the queued actions."""
+        self._observe(obs)
+        if instruction != self._instruction:
+            self._queue.clear()
+            self._instruction = instruction
+        if not self._queue:
+            self._queue.extend(self._sample(instruction)[: self.action_horizon])
+        return self._queue.popleft()
 
 
-def make_checkpoint_policy(ckpt: str | None = None, device: str = "cpu", **_: object) -> DreamPolicy:
-    """Registry factory (``policy=checkpoint ckpt=PATH``)."""
+def make_checkpoint_policy(ckpt: str | None = None, device: str = "cpu", action_horizon: int | None = None,
+                           **_: object) -> DreamPolicy:
+    """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k]``)."""
     if not ckpt:
         raise ValueError("policy=checkpoint needs ckpt=PATH (a checkpoint folder from dream-policy train)")
     torch.set_num_threads(1)  # small networks on a 2-core CPU: threads cost more than they give
-    return DreamPolicy.from_checkpoint(ckpt, device)
+    return DreamPolicy.from_checkpoint(ckpt, device, action_horizon=action_horizon)

@@ -33,12 +33,17 @@ def train_command(cfg: Mapping[str, Any]) -> None:
     """CLI: build the model and data from ``cfg`` and train (or resume)."""
     from omegaconf import OmegaConf
 
-    from dream_policy.model import DreamVLA, load_model_config
+    from dream_policy.model import DreamVLA, DreamVLAConfig, load_model_config
     from dream_policy.trainer import Trainer, TrainerConfig
 
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg["torch_threads"]))
-    model_cfg = load_model_config(str(cfg["model"]))
+    model = cfg["model"]
+    if isinstance(model, str):  # a plain mapping (tests, scripts) may still name the config
+        model_cfg = load_model_config(model)
+    else:
+        plain = OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else dict(model)
+        model_cfg = DreamVLAConfig.from_dict(plain)
     train, val, normalizer = _datasets(cfg, model_cfg.backbone.history, model_cfg.chunk)
     trainer_cfg = TrainerConfig.from_dict(OmegaConf.to_container(cfg["trainer"], resolve=True))
     full = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)

@@ -35,6 +35,7 @@ import csv
 import dataclasses
 import os
 import random
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class TrainerConfig:
     precision: str = "fp32"  # "bf16": autocast on CUDA only; fp32 on CPU
     num_workers: int = 0
     find_unused_parameters: bool = False
+    time_limit_min: float | None = None  # stop (and save) once fit() has run this many minutes
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # YAML gives a list
@@ -101,6 +103,7 @@ class TrainerConfig:
             "batch_size": self.batch_size >= 1, "eval_every": self.eval_every >= 0,
             "save_every": self.save_every >= 0, "log_every": self.log_every >= 1, "keep_last": self.keep_last >= 1,
             "precision": self.precision in PRECISIONS, "num_workers": self.num_workers >= 0,
+            "time_limit_min": self.time_limit_min is None or self.time_limit_min > 0,
         }
         bad = [f"{name}={getattr(self, name)!r}" for name, ok in checks.items() if not ok]
         if bad:
@@ -381,6 +384,7 @@ class Trainer:
         self.full_config = full_config if full_config is not None else {"trainer": dataclasses.asdict(config)}
         self.ctx = init_distributed()
         seed_everything(config.seed + self.ctx.rank)
+        self.clock = time.monotonic  # seconds; replaceable in tests
         self.module = model.to(self.ctx.device)
         self.model: nn.Module = self.module
         if self.ctx.distributed:
@@ -458,13 +462,18 @@ class Trainer:
         batches = self._batches()
         metrics: dict[str, float] = {}
         self.model.train()
+        deadline = None if cfg.time_limit_min is None else self.clock() + 60 * cfg.time_limit_min
+        timed_out = False
         try:
             while self.global_step < stop:
                 metrics = self._train_step(next(batches))
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4g}", lr=f"{metrics['lr']:.3g}")
                 self._after_step(metrics)
-            if self.global_step == cfg.total_steps and self.val_dataset is not None and not (
+                if deadline is not None and self._past(deadline):
+                    tqdm.write(f"time limit of {cfg.time_limit_min} min reached at step {self.global_step}")
+                    stop, timed_out = self.global_step, True
+            if (self.global_step == cfg.total_steps or timed_out) and self.val_dataset is not None and not (
                     cfg.eval_every and self.global_step % cfg.eval_every == 0):
                 metrics |= {f"val_{k}": v for k, v in self._validate().items()}
             if self._saved_step != self.global_step:
@@ -496,6 +505,13 @@ class Trainer:
             self.ema.update(self.module)
         self.global_step += 1
         return metrics
+
+    def _past(self, deadline: float) -> bool:
+        """Whether ``deadline`` has passed on any rank (all ranks agree, so they stop on the same step)."""
+        late = torch.tensor(float(self.clock() > deadline), device=self.ctx.device)
+        if self.ctx.distributed:
+            dist.all_reduce(late, op=dist.ReduceOp.MAX)
+        return bool(late.item())
 
     def _check_finite(self, loss: torch.Tensor, step: int) -> None:
         """Every rank stops together (a lone rank raising would leave the others hanging in all-reduce)."""

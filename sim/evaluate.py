@@ -343,7 +343,10 @@ def policy_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
         return {"scene": str(cfg["scene"])}
     if not cfg.get("ckpt"):
         raise ValueError(f"policy={CHECKPOINT_POLICY} needs ckpt=PATH to a checkpoint")
-    return {"ckpt": str(cfg["ckpt"])}
+    options = {"ckpt": str(cfg["ckpt"])}
+    if cfg.get("action_horizon") is not None:
+        options["action_horizon"] = int(cfg["action_horizon"])
+    return options
 
 
 def select_chains(num_sequences: int, shard_spec: str | None, chains_file: str | None = None

