@@ -43,7 +43,8 @@ train() {
     trainer.time_limit_min="$MINUTES" trainer.eval_every=1000 trainer.save_every=1000 trainer.log_every=50
 }
 T1=$(date +%s)
-if ! train $PRECISION && [ $PRECISION = bf16 ] && [ ! -e "$RUN/checkpoints/latest" ]; then
+if ! train $PRECISION; then
+  if [ $PRECISION != bf16 ] || [ -e "$RUN/checkpoints/latest" ]; then exit 1; fi
   echo "bf16 training failed before its first checkpoint: retrying in fp32" >&2
   rm -rf "$RUN"
   train fp32
