@@ -94,6 +94,7 @@ class DiffusionSchedule:
         on_step: Callable[[int, int], None] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        clip_sample: float | None = None,
     ) -> torch.Tensor:
         """Denoise pure noise of ``shape`` (B, ...) into a sample (B, ...) with DDIM.
 
@@ -101,6 +102,9 @@ class DiffusionSchedule:
         model once per step (conditional only), otherwise twice (``cond`` then ``None``).
         ``on_step(i, t)`` runs at the start of step ``i`` (train timestep ``t``), before the model.
         ``device`` defaults to ``cond``'s device when ``cond`` is a tensor, else the CPU.
+        ``clip_sample`` clamps each step's clean-sample estimate to [-clip, clip] (the data range); with
+        the squared-cosine schedule the first trailing step has alpha_bar ~ 0, where the estimate
+        (x - sqrt(1 - abar) eps) / sqrt(abar) amplifies any error in eps without bound.
         """
         if guidance < 1.0:
             raise ValueError(f"guidance must be >= 1.0 (1.0 = conditional only), got {guidance!r}")
@@ -108,6 +112,8 @@ class DiffusionSchedule:
             raise ValueError(f"guidance={guidance} needs a condition; pass guidance=1.0 with cond=None")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta!r}")
+        if clip_sample is not None and not clip_sample > 0:
+            raise ValueError(f"clip_sample must be > 0 or None, got {clip_sample!r}")
         if device is None:
             device = cond.device if isinstance(cond, torch.Tensor) else "cpu"
         x = _randn(shape, generator, device, dtype)  # (B, ...)
@@ -121,7 +127,7 @@ class DiffusionSchedule:
                 eps_uncond = model_fn(x, t_batch, None)
                 eps = eps_uncond + guidance * (eps - eps_uncond)
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            x = self._ddim_step(x, eps, self._abar(t), self._abar(t_prev), eta, generator)
+            x = self._ddim_step(x, eps, self._abar(t), self._abar(t_prev), eta, generator, clip_sample)
         return x
 
     @staticmethod
@@ -132,9 +138,12 @@ class DiffusionSchedule:
         abar_prev: float,
         eta: float,
         generator: torch.Generator | None,
+        clip_sample: float | None = None,
     ) -> torch.Tensor:
         """One DDIM update x_t -> x_{t_prev} (Song et al. eq. 12); eta = 0 is deterministic."""
         x0_pred = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+        if clip_sample is not None:
+            x0_pred = x0_pred.clamp(-clip_sample, clip_sample)
         sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
         x_prev = math.sqrt(abar_prev) * x0_pred + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
         if sigma > 0:

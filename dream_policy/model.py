@@ -61,6 +61,7 @@ class DreamVLAConfig:
     train_steps: int = 100  # DDPM steps
     ddim_steps: int = 10
     guidance: float = 1.5
+    clip_sample: float | None = 1.0  # DDIM clamps its clean-action estimate to the action range [-1, 1]
 
     def __post_init__(self) -> None:
         self.views = tuple(self.views)
@@ -215,4 +216,5 @@ class DreamVLA(nn.Module):
         cfg = self.config
         cond = self.features(batch_obs)["action"]  # (B, A, D)
         return self.schedule.ddim_sample(self.dit, (cond.shape[0], cfg.chunk, cfg.action_dim), cond,
-                                         steps=cfg.ddim_steps, guidance=cfg.guidance, generator=generator)
+                                         steps=cfg.ddim_steps, guidance=cfg.guidance, generator=generator,
+                                         clip_sample=cfg.clip_sample)

@@ -169,3 +169,26 @@ def test_sample_errors():
         s.ddim_sample(lambda x, t, c: x, (1, 2), torch.ones(1), guidance=0.5)
     with pytest.raises(ValueError, match="train_steps must be a positive int"):
         DiffusionSchedule(train_steps=0)
+
+
+def test_clip_sample_bounds_a_noisy_noise_model():
+    """A network's eps has small errors and bounded outputs: its error is blown up at the first trailing
+    step (alpha_bar ~ 0), the sample leaves the range the network can correct, unless the clean-sample
+    estimate is clipped to the data range."""
+    s = DiffusionSchedule()
+    x0 = torch.rand(8, 3, 7, generator=torch.Generator().manual_seed(3)) * 2 - 1  # data in [-1, 1]
+    exact = oracle(x0, s)
+
+    def noisy(x_t, t, cond):
+        error = 0.05 * torch.randn(x_t.shape, generator=torch.Generator().manual_seed(int(t[0])))
+        return exact(x_t, t, cond).clamp(-4, 4) + error
+
+    wild = s.ddim_sample(noisy, (8, 3, 7), None, guidance=1.0, generator=torch.Generator().manual_seed(0))
+    clipped = s.ddim_sample(noisy, (8, 3, 7), None, guidance=1.0, generator=torch.Generator().manual_seed(0),
+                            clip_sample=1.0)
+    assert (wild - x0).abs().mean() > 1.0
+    assert clipped.abs().max() <= 1.0 + 1e-6 and (clipped - x0).abs().mean() < 0.1
+    exact_clipped = s.ddim_sample(exact, (8, 3, 7), None, guidance=1.0, clip_sample=1.0)
+    assert (exact_clipped - x0).abs().max() < 1e-4  # clipping leaves an in-range sample unchanged
+    with pytest.raises(ValueError, match="clip_sample"):
+        s.ddim_sample(exact, (8, 3, 7), None, guidance=1.0, clip_sample=0.0)

@@ -1,0 +1,98 @@
+"""Policy speed on this machine: ``DreamPolicy.step()`` latency (p50/p95) of a checkpoint on
+play-table observations, replanning every step (``action_horizon=1``) and playing whole chunks
+(the default), and training throughput (samples/s) of the same model through the real loader.
+
+Usage: MUJOCO_GL=egl python bench/policy_speed.py [--ckpt checkpoints/tiny_D] [--steps 200]
+       [--data DIR (CALVIN-format; default: collect 2 short episodes into a temp folder)]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dream_policy.runtime import DreamPolicy
+from sim.env import PlayTableEnv
+from sim.state_sampler import default_robot_obs, sample_scene_obs
+
+INSTRUCTION = "open the drawer"
+
+
+def step_latency(ckpt: Path, steps: int, action_horizon: int | None) -> np.ndarray:
+    """Seconds per ``step()`` over ``steps`` control steps of the rendered play-table (rendering excluded)."""
+    policy = DreamPolicy.from_checkpoint(ckpt, action_horizon=action_horizon)
+    env = PlayTableEnv("D", render=True)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(options={"robot_obs": default_robot_obs(), "scene_obs": sample_scene_obs(rng, env.cfg)})
+    policy.reset()
+    times = []
+    for i in range(steps + 5):
+        t = time.perf_counter()
+        action = policy.step(obs, INSTRUCTION)
+        if i >= 5:  # warm-up: first calls allocate
+            times.append(time.perf_counter() - t)
+        obs, *_ = env.step(action)
+    env.close()
+    return np.asarray(times)
+
+
+def training_throughput(ckpt: Path, data: Path, steps: int, batch: int) -> float:
+    """Samples/s of forward + backward + AdamW on batches from the streaming loader (fp32, this CPU)."""
+    from dream_policy.data.loader import CalvinWindowDataset
+    from dream_policy.trainer import Trainer, TrainerConfig
+
+    policy = DreamPolicy.from_checkpoint(ckpt)
+    model, cfg = policy.model.train(), policy.model.config
+    with tempfile.TemporaryDirectory() as out:
+        dataset = CalvinWindowDataset(data, "training", history=cfg.backbone.history, chunk=cfg.chunk,
+                                      forecast_n=3, stats_path=Path(out) / "stats.json")
+        config = TrainerConfig(out_dir=out, lr=1e-4, warmup_steps=0, total_steps=steps + 2, batch_size=batch,
+                               eval_every=0, save_every=0, log_every=1, ema_decay=0.999)
+        trainer = Trainer(model, dataset, None, config, normalization=dataset.normalizer.to_dict())
+        trainer.fit(until_step=2)  # warm-up
+        t = time.perf_counter()
+        trainer.fit(until_step=steps + 2)
+        elapsed = time.perf_counter() - t
+        trainer.close()
+    return steps * batch / elapsed
+
+
+def collect_small(out: Path) -> Path:
+    from sim.collect import CollectConfig, collect
+
+    collect(CollectConfig(scene="D", num_episodes=2, episode_len=200, out=str(out), workers=1, window=32))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", type=Path, default=Path("checkpoints/tiny_D"))
+    parser.add_argument("--steps", type=int, default=200, help="control steps timed per mode")
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--data", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"# policy speed, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, 1 thread, checkpoint {args.ckpt}")
+    params = sum(p.numel() for p in DreamPolicy.from_checkpoint(args.ckpt).model.parameters())
+    print(f"parameters: {params / 1e6:.2f} M")
+    for horizon, name in ((1, "replan every step (action_horizon=1)"), (None, "whole chunk (default)")):
+        ms = 1000 * step_latency(args.ckpt, args.steps, horizon)
+        print(f"step() {name}: p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, "
+              f"mean {ms.mean():.1f} ms over {len(ms)} steps")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data or collect_small(Path(tmp) / "data")
+        rate = training_throughput(args.ckpt, data, args.train_steps, args.batch)
+    print(f"training (fp32, batch {args.batch}, loader in-process): {rate:.1f} samples/s")
+
+
+if __name__ == "__main__":
+    main()
