@@ -81,6 +81,12 @@ COMMANDS: dict[str, Command] = {
             "train",
             "dream_policy.train_command:train_command",
         ),
+        Command(
+            "calibrate-cache",
+            "calibrate a Block-wise Adaptive Caching schedule for a checkpoint's DiT head",
+            "calibrate-cache",
+            "dream_policy.calibrate_cache:calibrate_command",
+        ),
     )
 }
 

@@ -208,13 +208,26 @@ class DreamVLA(nn.Module):
         return loss, info
 
     @torch.no_grad()
-    def predict_chunk(self, batch_obs: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict_chunk(self, batch_obs: dict[str, Any], generator: torch.Generator | None = None,
+                      block_hook: Any = None) -> torch.Tensor:
         """Action chunk (B, chunk, 7) by DDIM with classifier-free guidance; world heads are skipped.
 
-        Call ``eval()`` first (dropout); ``generator`` makes the sample reproducible.
+        Call ``eval()`` first (dropout); ``generator`` makes the sample reproducible. ``block_hook``
+        (``dream_policy.dit_cache``: ``CachedBlocks`` or ``BlockRecorder``) runs the DiT through it.
         """
-        cfg = self.config
         cond = self.features(batch_obs)["action"]  # (B, A, D)
-        return self.schedule.ddim_sample(self.dit, (cond.shape[0], cfg.chunk, cfg.action_dim), cond,
+        return self.sample_actions(cond, generator, block_hook)
+
+    @torch.no_grad()
+    def sample_actions(self, cond: torch.Tensor, generator: torch.Generator | None = None,
+                       block_hook: Any = None) -> torch.Tensor:
+        """The DiT head alone: DDIM from noise to an action chunk (B, chunk, 7) given cond (B, A, D)."""
+        cfg = self.config
+        model_fn, on_step = self.dit, None
+        if block_hook is not None:
+            from dream_policy.dit_cache import hooked_model_fn
+
+            model_fn, on_step = hooked_model_fn(self.dit, block_hook), block_hook.start_step
+        return self.schedule.ddim_sample(model_fn, (cond.shape[0], cfg.chunk, cfg.action_dim), cond,
                                          steps=cfg.ddim_steps, guidance=cfg.guidance, generator=generator,
-                                         clip_sample=cfg.clip_sample)
+                                         clip_sample=cfg.clip_sample, on_step=on_step)

@@ -4,7 +4,9 @@
 them), its config and the normalisation statistics saved beside it; ``reset()`` forgets the
 history; ``step(obs, instruction)`` returns one 7-D relative action (it samples a chunk and
 plays its first ``action_horizon`` actions before sampling again; every observation still
-enters the history); ``predict_chunk`` the whole chunk. Observations go through ``preprocess_history``, the loader's own preprocessing.
+enters the history); ``predict_chunk`` the whole chunk. The DiT head runs under the BAC schedule
+saved next to the checkpoint by ``dream-policy calibrate-cache`` (``cache_schedule.json``) when
+there is one (``cache="auto"``); ``cache="none"`` turns caching off, a path picks another schedule. Observations go through ``preprocess_history``, the loader's own preprocessing.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from dream_policy.bac import SCHEDULE_FILE, CacheSchedule
 from dream_policy.checkpoint import EMA_WEIGHTS, WEIGHTS, load_config, load_normalization, load_weights
 from dream_policy.data.loader import preprocess_history
 from dream_policy.data.normalization import Normalizer, clip_actions
+from dream_policy.dit_cache import CachedBlocks
 from dream_policy.encoders import TextEncoder, build_text_encoder
 from dream_policy.model import DreamVLA, DreamVLAConfig
 
@@ -29,12 +33,15 @@ class DreamPolicy:
     """History window, language cache and action sampling around a ``DreamVLA`` network."""
 
     def __init__(self, model: DreamVLA, normalizer: Normalizer, text_encoder: TextEncoder,
-                 device: str | torch.device = "cpu", seed: int = 0, action_horizon: int | None = None) -> None:
+                 device: str | torch.device = "cpu", seed: int = 0, action_horizon: int | None = None,
+                 schedule: CacheSchedule | None = None) -> None:
         chunk = model.config.chunk
         self.action_horizon = chunk if action_horizon is None else int(action_horizon)
         if not 1 <= self.action_horizon <= chunk:
             raise ValueError(f"action_horizon={action_horizon} must be in [1, chunk={chunk}]")
         self.model = model.to(device).eval()
+        self.schedule = None
+        self.set_schedule(schedule)
         self.normalizer, self.text_encoder, self.device = normalizer, text_encoder, torch.device(device)
         self.history_len = model.config.backbone.history
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -42,8 +49,9 @@ class DreamPolicy:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
-                        text_encoder: TextEncoder | None = None, action_horizon: int | None = None) -> DreamPolicy:
-        """Restore a checkpoint folder written by ``dream-policy train``."""
+                        text_encoder: TextEncoder | None = None, action_horizon: int | None = None,
+                        cache: str | Path = "auto") -> DreamPolicy:
+        """Restore a checkpoint folder written by ``dream-policy train`` (``cache``: see the module)."""
         path = Path(path)
         full = load_config(path)
         if "model_config" not in full:
@@ -53,7 +61,16 @@ class DreamPolicy:
         load_weights(path, model, name=EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS)
         normalizer = Normalizer.from_dict(load_normalization(path))
         return cls(model, normalizer, text_encoder or build_text_encoder(config.text_encoder), device,
-                   action_horizon=action_horizon)
+                   action_horizon=action_horizon, schedule=find_schedule(path, cache))
+
+    def set_schedule(self, schedule: CacheSchedule | None, source: str = "cache schedule") -> None:
+        """Run the DiT head under ``schedule`` (None: no caching); it must fit this model."""
+        if schedule is not None:
+            cfg = self.model.config
+            schedule.check_matches(cfg.dit.depth, cfg.dit.width, cfg.ddim_steps, source)
+            if schedule.mode == "none":
+                schedule = None
+        self.schedule = schedule
 
     def seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -84,7 +101,8 @@ class DreamPolicy:
         return self._sample(instruction)
 
     def _sample(self, instruction: str) -> np.ndarray:
-        chunk = self.model.predict_chunk(self._batch(instruction), generator=self.generator)[0]
+        hook = CachedBlocks(self.schedule) if self.schedule is not None else None
+        chunk = self.model.predict_chunk(self._batch(instruction), generator=self.generator, block_hook=hook)[0]
         return clip_actions(chunk.cpu().numpy().astype(np.float64))
 
     def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
@@ -98,10 +116,22 @@ class DreamPolicy:
         return self._queue.popleft()
 
 
+def find_schedule(ckpt: Path, cache: str | Path) -> CacheSchedule | None:
+    """The schedule ``cache`` asks for: "auto" (the checkpoint's, if any), "none", or a JSON path."""
+    if str(cache) == "none":
+        return None
+    path = ckpt / SCHEDULE_FILE if str(cache) == "auto" else Path(cache)
+    if str(cache) == "auto" and not path.is_file():
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"cache schedule {path} does not exist (cache= takes auto, none or a path)")
+    return CacheSchedule.load(path)
+
+
 def make_checkpoint_policy(ckpt: str | None = None, device: str = "cpu", action_horizon: int | None = None,
-                           **_: object) -> DreamPolicy:
-    """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k]``)."""
+                           cache: str = "auto", **_: object) -> DreamPolicy:
+    """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k] [cache=auto|none|PATH]``)."""
     if not ckpt:
         raise ValueError("policy=checkpoint needs ckpt=PATH (a checkpoint folder from dream-policy train)")
     torch.set_num_threads(1)  # small networks on a 2-core CPU: threads cost more than they give
-    return DreamPolicy.from_checkpoint(ckpt, device, action_horizon=action_horizon)
+    return DreamPolicy.from_checkpoint(ckpt, device, action_horizon=action_horizon, cache=cache)

@@ -52,5 +52,5 @@ def train_command(cfg: Mapping[str, Any]) -> None:
                       full_config=full, resume=cfg.get("resume"))
     trainer.fit()
     trainer.close()
-    print(f"trained {trainer_cfg.total_steps} steps; last checkpoint: {trainer.last_checkpoint}")
+    print(f"trained to step {trainer.global_step} of {trainer_cfg.total_steps}; last checkpoint: {trainer.last_checkpoint}")
     print(f"metrics: {Path(trainer_cfg.out_dir) / 'metrics.csv'}, plot: {Path(trainer_cfg.out_dir) / 'loss.png'}")

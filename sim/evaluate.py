@@ -346,6 +346,8 @@ def policy_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     options = {"ckpt": str(cfg["ckpt"])}
     if cfg.get("action_horizon") is not None:
         options["action_horizon"] = int(cfg["action_horizon"])
+    if cfg.get("cache") is not None:
+        options["cache"] = str(cfg["cache"])
     return options
 
 

@@ -1,0 +1,168 @@
+"""Block-wise Adaptive Caching on the shipped checkpoint, every mode side by side in one process:
+DiT-head latency (p50/p95), FLOPs per head call, share of sub-block evaluations, action error against
+the uncached head from the same noise, whole ``step()`` latency, and (``--chains N``) closed-loop
+CALVIN chains for none / uniform / bac at the shipped budget. The last line is
+``head_speedup=<bac vs none>`` at the shipped budget.
+
+Usage: MUJOCO_GL=egl python bench/cache_speed.py [--ckpt checkpoints/tiny_D] [--data DIR]
+       [--budgets 2 3 4 5] [--budget 3] [--bubbling-blocks 3] [--chains 100] [--workers 2]
+Without --data it records 2 short expert episodes to calibrate on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dream_policy.bac import CacheSchedule
+from dream_policy.calibrate_cache import (
+    action_error,
+    block_statistics,
+    build_schedule,
+    calibration_batches,
+    record,
+)
+from dream_policy.dit_cache import CachedBlocks
+from dream_policy.runtime import DreamPolicy
+
+MODES = ("uniform", "adaptive", "bac")
+
+
+def latency_ms(fn, repeats: int) -> np.ndarray:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * np.asarray(times)
+
+
+def head_flops(model, cond: torch.Tensor, schedule: CacheSchedule | None) -> int:
+    with FlopCounterMode(display=False) as counter:
+        model.sample_actions(cond, torch.Generator().manual_seed(0), CachedBlocks(schedule) if schedule else None)
+    return counter.get_total_flops()
+
+
+def step_latency_ms(policy: DreamPolicy, schedule: CacheSchedule | None, steps: int) -> np.ndarray:
+    """Whole ``step()`` (history preprocessing, backbone, head), sampling a chunk at every step."""
+    from sim.env import PlayTableEnv
+    from sim.state_sampler import default_robot_obs, sample_scene_obs
+
+    policy.set_schedule(schedule)
+    env = PlayTableEnv("D", render=True)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(options={"robot_obs": default_robot_obs(), "scene_obs": sample_scene_obs(rng, env.cfg)})
+    policy.reset()
+    times = []
+    for i in range(steps + 3):
+        t = time.perf_counter()
+        action = policy.step(obs, "open the drawer")
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+        obs, *_ = env.step(action)
+    env.close()
+    policy.set_schedule(None)
+    return 1000 * np.asarray(times)
+
+
+def closed_loop(ckpt: Path, schedule: CacheSchedule | None, chains: int, workers: int, out: Path) -> dict:
+    from sim.evaluate import evaluate, select_chains
+
+    path = out / "schedule.json"
+    cache = "none"
+    if schedule is not None:
+        schedule.save(path)
+        cache = str(path)
+    return evaluate(select_chains(chains, None), "checkpoint", {"ckpt": str(ckpt.resolve()), "cache": cache},
+                    workers=workers, out_dir=out)
+
+
+def collect_small(out: Path) -> Path:
+    from sim.collect import CollectConfig, collect
+
+    collect(CollectConfig(scene="D", num_episodes=3, episode_len=300, out=str(out), workers=1, window=32,
+                          validation_fraction=0.34))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", type=Path, default=Path("checkpoints/tiny_D"))
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4, 5])
+    parser.add_argument("--budget", type=int, default=3, help="the shipped budget (closed loop, head_speedup)")
+    parser.add_argument("--bubbling-blocks", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=100, help="step() calls timed per mode")
+    parser.add_argument("--chains", type=int, default=0, help="closed-loop chains per mode (0: skip)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/cache_bench"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    policy = DreamPolicy.from_checkpoint(args.ckpt, cache="none")
+    model, cfg = policy.model, policy.model.config
+    print(f"# BAC bench, {datetime.date.today()}, {platform.processor() or platform.machine()}, torch "
+          f"{torch.__version__}, 1 thread, {args.ckpt}, DiT depth {cfg.dit.depth} x 3 sub-blocks, "
+          f"{cfg.ddim_steps} DDIM steps, guidance {cfg.guidance}")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data or collect_small(Path(tmp) / "data")
+        batches = calibration_batches(data, "validation", policy, args.samples, 16)
+    stats = block_statistics(record(model, batches))
+    cond = model.features(_first(batches[0]))["action"]  # (1, A, D): one observation, as at run time
+    base = latency_ms(lambda: model.sample_actions(cond), args.repeats)
+    base_flops = head_flops(model, cond, None)
+    print(f"{'mode':9s} {'budget':>6s} {'evals':>6s} {'head p50':>9s} {'p95':>7s} {'speedup':>7s} "
+          f"{'MFLOP':>7s} {'FLOPx':>6s} {'|da|':>7s}")
+    print(f"{'none':9s} {'-':>6s} {1:6.0%} {np.percentile(base, 50):8.2f}ms {np.percentile(base, 95):6.2f}ms "
+          f"{1:7.2f} {base_flops / 1e6:7.2f} {1:6.2f} {0:7.4f}")
+    schedules: dict[tuple[str, int], CacheSchedule] = {}
+    speedups = {}
+    for budget in args.budgets:
+        for mode in MODES:
+            schedule = build_schedule(mode, stats, cfg.ddim_steps, budget, args.bubbling_blocks, cfg.dit.depth,
+                                      cfg.dit.width)
+            schedules[(mode, budget)] = schedule
+            ms = latency_ms(lambda s=schedule: model.sample_actions(cond, None, CachedBlocks(s)), args.repeats)
+            flops = head_flops(model, cond, schedule)
+            err = action_error(model, batches, schedule, seed=1)
+            speedups[(mode, budget)] = np.percentile(base, 50) / np.percentile(ms, 50)
+            print(f"{mode:9s} {budget:6d} {schedule.fraction():6.0%} {np.percentile(ms, 50):8.2f}ms "
+                  f"{np.percentile(ms, 95):6.2f}ms {speedups[(mode, budget)]:7.2f} {flops / 1e6:7.2f} "
+                  f"{base_flops / flops:6.2f} {err:7.4f}")
+    print(f"\nwhole step() (chunk sampled every step), budget {args.budget}:")
+    for mode in ("none", "uniform", "bac"):
+        ms = step_latency_ms(policy, None if mode == "none" else schedules[(mode, args.budget)], args.steps)
+        print(f"  {mode:8s} p50 {np.percentile(ms, 50):6.2f} ms  p95 {np.percentile(ms, 95):6.2f} ms")
+    if args.chains:
+        print(f"\nclosed loop, {args.chains} chains of scene D, budget {args.budget}:")
+        results = {}
+        for mode in ("none", "uniform", "bac"):
+            out = args.out / mode
+            out.mkdir(parents=True, exist_ok=True)
+            r = closed_loop(args.ckpt, None if mode == "none" else schedules[(mode, args.budget)], args.chains,
+                            args.workers, out)
+            results[mode] = r
+            print(f"  {mode:8s} avg_seq_len {r['avg_seq_len']:.2f}  chain_sr "
+                  + " ".join(f"{x:.2f}" for x in r["chain_sr"]))
+        (args.out / "closed_loop.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"head_speedup={speedups[('bac', args.budget)]:.2f}")
+
+
+def _first(batch: dict) -> dict:
+    """The first sample of a collated batch, as a batch of one."""
+    return {k: _first(v) if isinstance(v, dict) else v[:1] for k, v in batch.items()}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""BAC: the scheduler's dynamic programme against brute force, the Bubbling Union, the cached DiT
+forward against the uncached one, schedule files and mismatches."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from test_model import random_batch
+
+from dream_policy.bac import (
+    CacheSchedule,
+    adaptive_steps,
+    brute_force_steps,
+    bubbling_union,
+    schedule_score,
+    segment_scores,
+    uniform_steps,
+)
+from dream_policy.calibrate_cache import (
+    block_statistics,
+    build_schedule,
+    record,
+    similarity_matrix,
+    variation,
+)
+from dream_policy.dit_cache import BlockRecorder, CachedBlocks
+from dream_policy.model import DreamVLA, load_model_config
+
+
+def random_similarity(k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (k, k))
+
+
+@pytest.mark.parametrize("k,budget,seed", [(k, m, s) for k in (1, 2, 4, 6, 8) for m in range(1, k + 1) for s in (0, 1)])
+def test_dynamic_programme_equals_brute_force(k, budget, seed):
+    S = random_similarity(k, seed)
+    steps = adaptive_steps(S, budget)
+    assert len(steps) == budget and steps[0] == 0 and steps == sorted(set(steps))
+    _, best = brute_force_steps(S, budget)
+    assert schedule_score(S, steps) == pytest.approx(best, abs=1e-9)
+
+
+def test_segment_scores_by_hand():
+    S = np.arange(16, dtype=float).reshape(4, 4)
+    phi = segment_scores(S)
+    assert phi[0, 0] == 0 and phi[0, 3] == S[0, 1] + S[0, 2] + S[0, 3] and phi[2, 3] == S[2, 3]
+    assert schedule_score(S, [0, 2]) == phi[0, 1] + phi[2, 3]
+
+
+def test_scheduler_updates_where_similarity_drops():
+    # Outputs stay alike within steps 0-3 and within 4-9 but change at step 4: the 2-update schedule is [0, 4].
+    groups = np.array([0] * 4 + [1] * 6)
+    S = np.where(groups[:, None] == groups[None, :], 1.0, 0.1)
+    assert adaptive_steps(S, 2) == [0, 4]
+
+
+def test_uniform_steps():
+    assert uniform_steps(10, 1) == [0]
+    assert uniform_steps(10, 5) == [0, 2, 4, 6, 8]
+    assert uniform_steps(10, 4) == [0, 2, 5, 7]
+    assert uniform_steps(10, 10) == list(range(10))
+    with pytest.raises(ValueError, match="budget=11"):
+        uniform_steps(10, 11)
+
+
+def test_bubbling_union_adds_exactly_the_downstream_ff_steps():
+    keys = [(b, kind) for b in range(3) for kind in ("attn", "cross", "ff")]
+    rng = np.random.default_rng(0)
+    steps = {key: sorted({0, *rng.choice(np.arange(1, 10), 2, replace=False).tolist()}) for key in keys}
+    var = {key: float(v) for key, v in zip(keys, rng.permutation(len(keys)))}
+    top = sorted(keys, key=lambda key: -var[key])[:3]
+    out = bubbling_union(steps, var, 3)
+    order = {key: i for i, key in enumerate(keys)}
+    for key in keys:
+        if key in top:
+            added = set().union(*(steps[k] for k in keys if k[1] == "ff" and order[k] > order[key]))
+            assert set(out[key]) == set(steps[key]) | added
+        else:
+            assert out[key] == steps[key]
+    assert bubbling_union(steps, var, 0) == steps
+    last_ff = (2, "ff")  # nothing is downstream of the last feed-forward block
+    assert bubbling_union(steps, {k: (1.0 if k == last_ff else 0.0) for k in keys}, 1)[last_ff] == steps[last_ff]
+
+
+def test_statistics_of_recorded_outputs():
+    x = torch.randn(5, 4, 3, 8)
+    S = similarity_matrix(x)
+    assert S.shape == (5, 5) and np.allclose(np.diag(S), 1.0) and np.allclose(S, S.T)
+    const = x[:1].expand(5, -1, -1, -1)
+    assert np.allclose(similarity_matrix(const), 1.0) and variation(const) == 0.0
+    pairs = [(t, u) for t, u in itertools.product(range(5), repeat=2)]
+    expected = sum((x[t] - x[u]).abs().mean().item() for t, u in pairs) / 25
+    assert variation(x) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    config = load_model_config("tiny")
+    model = DreamVLA(config).eval()
+    for p in model.dit.parameters():  # adaLN-Zero starts at identity; give the head non-trivial weights
+        p.data.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def schedule_for(model, mode, stats, budget=4, n=2):
+    cfg = model.config
+    return build_schedule(mode, stats, cfg.ddim_steps, budget, n, cfg.dit.depth, cfg.dit.width)
+
+
+@pytest.fixture(scope="module")
+def stats(tiny_model):
+    return block_statistics(record(tiny_model, [random_batch(tiny_model.config, b=3)]))
+
+
+def test_every_step_schedule_reproduces_uncached_actions_bit_for_bit(tiny_model, stats):
+    batch = random_batch(tiny_model.config, b=2)
+    exact = tiny_model.predict_chunk(batch, generator=torch.Generator().manual_seed(7))
+    hook = CachedBlocks(schedule_for(tiny_model, "none", stats))
+    cached = tiny_model.predict_chunk(batch, generator=torch.Generator().manual_seed(7), block_hook=hook)
+    assert torch.equal(exact, cached)
+    assert hook.reused == 0 and hook.computed == 2 * 10 * 3 * tiny_model.config.dit.depth  # 2 guidance branches
+
+
+@pytest.mark.parametrize("mode", ["uniform", "adaptive", "bac"])
+def test_cached_modes_reuse_and_stay_close(tiny_model, stats, mode):
+    schedule = schedule_for(tiny_model, mode, stats)
+    batch = random_batch(tiny_model.config, b=2)
+    exact = tiny_model.predict_chunk(batch, generator=torch.Generator().manual_seed(7))
+    hook = CachedBlocks(schedule)
+    cached = tiny_model.predict_chunk(batch, generator=torch.Generator().manual_seed(7), block_hook=hook)
+    total = 2 * 10 * 3 * tiny_model.config.dit.depth
+    assert hook.computed == round(2 * schedule.fraction() * 10 * len(schedule.steps)) and hook.computed < total
+    assert hook.computed + hook.reused == total
+    assert not torch.equal(exact, cached)  # (closeness is measured on the trained checkpoint: bench/cache_speed.py)
+    if mode != "bac":
+        assert all(len(v) == 4 for v in schedule.steps.values())
+
+
+def test_recorder_sees_every_step_and_branch(tiny_model):
+    recorder = BlockRecorder()
+    tiny_model.predict_chunk(random_batch(tiny_model.config, b=2), block_hook=recorder)
+    trajectories = recorder.trajectories()
+    assert len(trajectories) == 3 * tiny_model.config.dit.depth
+    assert all(x.shape[:2] == (10, 4) for x in trajectories.values())  # 10 steps, 2 samples x 2 branches
+
+
+def test_schedule_file_roundtrip_and_mismatch(tmp_path, tiny_model, stats):
+    schedule = schedule_for(tiny_model, "bac", stats)
+    loaded = CacheSchedule.load(schedule.save(tmp_path / "s.json"))
+    assert loaded.steps == schedule.steps and loaded.mode == "bac" and loaded.budget == 4
+    cfg = tiny_model.config
+    loaded.check_matches(cfg.dit.depth, cfg.dit.width, cfg.ddim_steps)
+    with pytest.raises(ValueError, match="depth 4 != model's 6.*calibrate-cache"):
+        loaded.check_matches(6, cfg.dit.width, cfg.ddim_steps)
+    with pytest.raises(ValueError, match="denoising steps 10 != model's 20"):
+        loaded.check_matches(cfg.dit.depth, cfg.dit.width, 20)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json: not a valid cache schedule"):
+        CacheSchedule.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="start at 0"):
+        CacheSchedule("bac", 10, 4, 128, {(0, "attn"): [1, 2]})
