@@ -48,9 +48,30 @@ def latency_ms(fn, repeats: int) -> np.ndarray:
 
 
 def head_flops(model, cond: torch.Tensor, schedule: CacheSchedule | None) -> int:
-    with FlopCounterMode(display=False) as counter:
-        model.sample_actions(cond, torch.Generator().manual_seed(0), CachedBlocks(schedule) if schedule else None)
+    """FLOPs of one head call (matrix products and attention, as torch's FlopCounterMode counts them)."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:  # the counter's module tracker needs grad-free leaves under no_grad
+        p.requires_grad_(False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model.sample_actions(cond, torch.Generator().manual_seed(0), CachedBlocks(schedule) if schedule else None)
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
     return counter.get_total_flops()
+
+
+@torch.no_grad()
+def noise_spread(model, batches: list) -> float:
+    """Mean |a - a'| between uncached action chunks sampled from two different noises."""
+    diffs = []
+    for batch in batches:
+        cond = model.features(batch)["action"]
+        a = model.sample_actions(cond, torch.Generator().manual_seed(1))
+        b = model.sample_actions(cond, torch.Generator().manual_seed(2))
+        diffs.append((a - b).abs().mean().item())
+    return float(np.mean(diffs))
 
 
 def step_latency_ms(policy: DreamPolicy, schedule: CacheSchedule | None, steps: int) -> np.ndarray:
@@ -59,6 +80,7 @@ def step_latency_ms(policy: DreamPolicy, schedule: CacheSchedule | None, steps: 
     from sim.state_sampler import default_robot_obs, sample_scene_obs
 
     policy.set_schedule(schedule)
+    policy.action_horizon = 1
     env = PlayTableEnv("D", render=True)
     rng = np.random.default_rng(0)
     obs, _ = env.reset(options={"robot_obs": default_robot_obs(), "scene_obs": sample_scene_obs(rng, env.cfg)})
@@ -126,6 +148,7 @@ def main() -> None:
           f"{'MFLOP':>7s} {'FLOPx':>6s} {'|da|':>7s}")
     print(f"{'none':9s} {'-':>6s} {1:6.0%} {np.percentile(base, 50):8.2f}ms {np.percentile(base, 95):6.2f}ms "
           f"{1:7.2f} {base_flops / 1e6:7.2f} {1:6.2f} {0:7.4f}")
+    print(f"(for scale: two uncached samples from different noise differ by |da| = {noise_spread(model, batches):.4f})")
     schedules: dict[tuple[str, int], CacheSchedule] = {}
     speedups = {}
     for budget in args.budgets:

@@ -25,9 +25,11 @@ from sim.state_sampler import default_robot_obs, sample_scene_obs
 INSTRUCTION = "open the drawer"
 
 
-def step_latency(ckpt: Path, steps: int, action_horizon: int | None) -> np.ndarray:
+def step_latency(ckpt: Path, steps: int, action_horizon: int | None, history_cache: bool,
+                 cache: str = "none") -> np.ndarray:
     """Seconds per ``step()`` over ``steps`` control steps of the rendered play-table (rendering excluded)."""
-    policy = DreamPolicy.from_checkpoint(ckpt, action_horizon=action_horizon)
+    policy = DreamPolicy.from_checkpoint(ckpt, action_horizon=action_horizon, history_cache=history_cache,
+                                         cache=cache)
     env = PlayTableEnv("D", render=True)
     rng = np.random.default_rng(0)
     obs, _ = env.reset(options={"robot_obs": default_robot_obs(), "scene_obs": sample_scene_obs(rng, env.cfg)})
@@ -84,8 +86,12 @@ def main() -> None:
           f"torch {torch.__version__}, 1 thread, checkpoint {args.ckpt}")
     params = sum(p.numel() for p in DreamPolicy.from_checkpoint(args.ckpt).model.parameters())
     print(f"parameters: {params / 1e6:.2f} M")
-    for horizon, name in ((1, "replan every step (action_horizon=1)"), (None, "whole chunk (default)")):
-        ms = 1000 * step_latency(args.ckpt, args.steps, horizon)
+    modes = (("replan every step, no caches", 1, False, "none"),
+             ("replan every step, history cache", 1, True, "none"),
+             ("whole chunk, history cache (default without a BAC schedule)", None, True, "none"),
+             ("whole chunk, history cache, BAC (cache=auto)", None, True, "auto"))
+    for name, horizon, history_cache, cache in modes:
+        ms = 1000 * step_latency(args.ckpt, args.steps, horizon, history_cache, cache)
         print(f"step() {name}: p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, "
               f"mean {ms.mean():.1f} ms over {len(ms)} steps")
     with tempfile.TemporaryDirectory() as tmp:

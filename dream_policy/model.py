@@ -169,17 +169,27 @@ class DreamVLA(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def tokens(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Input tokens (B, T, P, D) in layout order from the observations of ``batch``."""
-        obs = batch.get("history", batch)
+    def encode_frames(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The token groups that depend on one frame alone (state, image latents, CLS): {group: (B, T, n, D)}.
+
+        They do not depend on the frame's place in the history window, so the runtime computes them
+        once per frame and keeps them while the frame stays in the window (``frame_tokens``).
+        """
         state = self.proprio(obs["robot_obs"])  # (B, T, D)
         B, T, D = state.shape
-        groups = {"state": state[:, :, None], "text": self.lang_proj(batch["lang_emb"])[:, None, None].expand(
-            B, T, 1, D)}
+        groups = {"state": state[:, :, None]}
         images = {v: obs[f"rgb_{v}"].flatten(0, 1) for v in self.config.views}  # (B*T, 3, H, W)
         for view, (cls, latents) in self.vision(images).items():
             groups[f"image_{view}"] = self.image_proj(latents).view(B, T, -1, D)  # (B, T, N, D)
             groups[f"cls_{view}"] = self.image_proj(cls).view(B, T, 1, D)
+        return groups
+
+    def tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Input tokens (B, T, P, D) in layout order from the observations of ``batch`` (or from its
+        precomputed ``frame_tokens``, as ``encode_frames`` returns them)."""
+        groups = dict(batch.get("frame_tokens") or self.encode_frames(batch.get("history", batch)))
+        B, T, _, D = groups["state"].shape
+        groups["text"] = self.lang_proj(batch["lang_emb"])[:, None, None].expand(B, T, 1, D)
         for kind, queries in zip(WORLD_KINDS, self.dream_queries):
             groups[kind] = queries.expand(B, T, -1, -1)  # (B, T, Q, D)
         groups["action"] = self.action_queries.expand(B, T, -1, -1)  # (B, T, A, D)

@@ -6,7 +6,11 @@ history; ``step(obs, instruction)`` returns one 7-D relative action (it samples 
 plays its first ``action_horizon`` actions before sampling again; every observation still
 enters the history); ``predict_chunk`` the whole chunk. The DiT head runs under the BAC schedule
 saved next to the checkpoint by ``dream-policy calibrate-cache`` (``cache_schedule.json``) when
-there is one (``cache="auto"``); ``cache="none"`` turns caching off, a path picks another schedule. Observations go through ``preprocess_history``, the loader's own preprocessing.
+there is one (``cache="auto"``); ``cache="none"`` turns caching off, a path picks another schedule.
+History cache: the tokens that depend on one frame alone (vision latents, proprioception) are
+computed once per frame and reused while the frame stays in the window (``history_cache=True``);
+the backbone then runs over the window (its time embedding is the place in the window, so the
+keys and values of earlier timesteps change as the window rolls and are recomputed). Observations go through ``preprocess_history``, the loader's own preprocessing.
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ class DreamPolicy:
 
     def __init__(self, model: DreamVLA, normalizer: Normalizer, text_encoder: TextEncoder,
                  device: str | torch.device = "cpu", seed: int = 0, action_horizon: int | None = None,
-                 schedule: CacheSchedule | None = None) -> None:
+                 schedule: CacheSchedule | None = None, history_cache: bool = True) -> None:
         chunk = model.config.chunk
         self.action_horizon = chunk if action_horizon is None else int(action_horizon)
         if not 1 <= self.action_horizon <= chunk:
             raise ValueError(f"action_horizon={action_horizon} must be in [1, chunk={chunk}]")
         self.model = model.to(device).eval()
+        self.history_cache = history_cache
         self.schedule = None
         self.set_schedule(schedule)
         self.normalizer, self.text_encoder, self.device = normalizer, text_encoder, torch.device(device)
@@ -50,7 +55,7 @@ class DreamPolicy:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
                         text_encoder: TextEncoder | None = None, action_horizon: int | None = None,
-                        cache: str | Path = "auto") -> DreamPolicy:
+                        cache: str | Path = "auto", history_cache: bool = True) -> DreamPolicy:
         """Restore a checkpoint folder written by ``dream-policy train`` (``cache``: see the module)."""
         path = Path(path)
         full = load_config(path)
@@ -61,7 +66,7 @@ class DreamPolicy:
         load_weights(path, model, name=EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS)
         normalizer = Normalizer.from_dict(load_normalization(path))
         return cls(model, normalizer, text_encoder or build_text_encoder(config.text_encoder), device,
-                   action_horizon=action_horizon, schedule=find_schedule(path, cache))
+                   action_horizon=action_horizon, schedule=find_schedule(path, cache), history_cache=history_cache)
 
     def set_schedule(self, schedule: CacheSchedule | None, source: str = "cache schedule") -> None:
         """Run the DiT head under ``schedule`` (None: no caching); it must fit this model."""
@@ -77,6 +82,7 @@ class DreamPolicy:
 
     def reset(self) -> None:
         self._frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.history_len)
+        self._frame_tokens: deque[dict[str, torch.Tensor] | None] = deque(maxlen=self.history_len)
         self._queue: deque[np.ndarray] = deque()
         self._instruction: str | None = None
 
@@ -85,14 +91,28 @@ class DreamPolicy:
         if missing:
             raise KeyError(f"observation lacks {missing}; the policy needs {list(OBSERVATION_KEYS)}")
         self._frames.append({k: np.asarray(obs[k]) for k in OBSERVATION_KEYS})
+        self._frame_tokens.append(None)
+
+    def _encoded_frames(self) -> dict[str, torch.Tensor]:
+        """Per-frame token groups of the (padded) window, encoding only frames not encoded before."""
+        todo = [i for i, tokens in enumerate(self._frame_tokens) if tokens is None]
+        if todo:
+            obs = preprocess_history([self._frames[i] for i in todo], OBSERVATION_KEYS, self.normalizer)
+            encoded = self.model.encode_frames({k: v[None].to(self.device) for k, v in obs.items()})  # (1, n, ...)
+            for j, i in enumerate(todo):
+                self._frame_tokens[i] = {g: x[:, j:j + 1] for g, x in encoded.items()}
+        tokens = list(self._frame_tokens)
+        tokens = [tokens[0]] * (self.history_len - len(tokens)) + tokens  # pad a short history
+        return {g: torch.cat([t[g] for t in tokens], dim=1) for g in tokens[0]}  # (1, T, n, D)
 
     def _batch(self, instruction: str) -> dict[str, Any]:
+        lang = self.text_encoder.encode([instruction]).to(self.device)  # (1, lang_dim)
+        if self.history_cache:
+            return {"frame_tokens": self._encoded_frames(), "lang_emb": lang}
         frames = list(self._frames)
         frames = [frames[0]] * (self.history_len - len(frames)) + frames  # pad a short history
         history = preprocess_history(frames, OBSERVATION_KEYS, self.normalizer)
-        lang = self.text_encoder.encode([instruction])  # (1, lang_dim)
-        return {"history": {k: v[None].to(self.device) for k, v in history.items()},
-                "lang_emb": lang.to(self.device)}
+        return {"history": {k: v[None].to(self.device) for k, v in history.items()}, "lang_emb": lang}
 
     @torch.no_grad()
     def predict_chunk(self, obs: dict[str, Any], instruction: str) -> np.ndarray:

@@ -89,6 +89,23 @@ def test_new_instruction_or_reset_drops_queued_actions(checkpoint):
         DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), action_horizon=4)
 
 
+def test_history_cache_gives_the_actions_of_full_recomputation(checkpoint):
+    cached = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), action_horizon=1)
+    full = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), action_horizon=1, history_cache=False)
+    assert cached.history_cache and not full.history_cache
+    encoded = []
+    real = cached.model.encode_frames
+    cached.model.encode_frames = lambda obs: encoded.append(obs["robot_obs"].shape[1]) or real(obs)
+    rng = np.random.default_rng(6)
+    for i in range(9):  # the window fills, rolls, is reset
+        if i == 6:
+            cached.reset(), full.reset()
+        o = obs(rng)
+        cached.seed(i), full.seed(i)
+        np.testing.assert_allclose(cached.step(o, "open the drawer"), full.step(o, "open the drawer"), atol=1e-5)
+    assert encoded == [1] * 9  # each frame encoded once, whatever the window length
+
+
 def test_missing_observation_key_is_named(checkpoint):
     policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText())
     with pytest.raises(KeyError, match="rgb_gripper"):
