@@ -1,0 +1,104 @@
+"""A small lifecycle state machine for nodes, after ROS 2 managed nodes (no rclpy).
+
+States: unconfigured -> (configure) -> inactive -> (activate) -> active -> (deactivate) -> inactive
+-> (cleanup) -> unconfigured; shutdown goes from any of the three to finalized. Each transition calls the
+subclass's ``on_<transition>`` hook while ``state`` still reads the state it leaves; when a hook raises,
+the node stays in that state and the error is re-raised as a LifecycleError naming the transition.
+"""
+
+from __future__ import annotations
+
+import threading
+from enum import Enum
+
+from ros_nodes.transport.base import check_node_name
+
+
+class State(Enum):
+    UNCONFIGURED = "unconfigured"
+    INACTIVE = "inactive"
+    ACTIVE = "active"
+    FINALIZED = "finalized"
+
+
+# transition -> (the states it may start from, the state it ends in)
+TRANSITIONS: dict[str, tuple[tuple[State, ...], State]] = {
+    "configure": ((State.UNCONFIGURED,), State.INACTIVE),
+    "activate": ((State.INACTIVE,), State.ACTIVE),
+    "deactivate": ((State.ACTIVE,), State.INACTIVE),
+    "cleanup": ((State.INACTIVE,), State.UNCONFIGURED),
+    "shutdown": ((State.UNCONFIGURED, State.INACTIVE, State.ACTIVE), State.FINALIZED),
+}
+
+
+class LifecycleError(RuntimeError):
+    """A transition that is not valid from the current state, or whose hook failed."""
+
+
+def valid_transitions(state: State) -> list[str]:
+    return [name for name, (sources, _) in TRANSITIONS.items() if state in sources]
+
+
+class LifecycleNode:
+    """Base class: subclasses override the ``on_*`` hooks; transitions are serialised by a lock."""
+
+    def __init__(self, name: str) -> None:
+        self.name = check_node_name(name)
+        self._state = State.UNCONFIGURED
+        self._transition_lock = threading.RLock()
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def configure(self) -> None:
+        self._transition("configure")
+
+    def activate(self) -> None:
+        self._transition("activate")
+
+    def deactivate(self) -> None:
+        self._transition("deactivate")
+
+    def cleanup(self) -> None:
+        self._transition("cleanup")
+
+    def shutdown(self) -> None:
+        self._transition("shutdown")
+
+    def on_configure(self) -> None:
+        """Create what the node needs (publishers, subscriptions, the policy)."""
+
+    def on_activate(self) -> None:
+        """Start working (timers, threads)."""
+
+    def on_deactivate(self) -> None:
+        """Stop working and leave the robot safe."""
+
+    def on_cleanup(self) -> None:
+        """Release what on_configure created."""
+
+    def on_shutdown(self) -> None:
+        """Final release; ``state`` tells which state the node is shut down from."""
+
+    def _transition(self, name: str) -> None:
+        with self._transition_lock:
+            sources, target = TRANSITIONS[name]
+            if self._state not in sources:
+                raise LifecycleError(
+                    f"node {self.name!r} cannot {name} from {self._state.value}; valid from "
+                    f"{self._state.value}: {valid_transitions(self._state) or 'none (finalized)'}; "
+                    f"{name} starts from {[s.value for s in sources]}")
+            try:
+                getattr(self, f"on_{name}")()
+            except Exception as error:
+                raise LifecycleError(f"node {self.name!r}: {name} failed in on_{name} and stays "
+                                     f"{self._state.value}: {error}") from error
+            self._state = target
+
+
+def autostart(node: LifecycleNode) -> LifecycleNode:
+    """Configure and activate ``node`` (a launch file's autostart), returning it."""
+    node.configure()
+    node.activate()
+    return node
