@@ -69,11 +69,17 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        # `ros2 launch dream_policy sim.launch.py`; configs (contracts, models) for the nodes.
         *share_tree("launch", "*.py"),
         *share_tree("configs", "*.yaml"),
     ],
     install_requires=runtime_requirements,
     extras_require={"test": dev_requirements},
     zip_safe=False,
-    entry_points={"console_scripts": ["dream-policy = dream_policy.cli:main"]},
+    # The nodes land in lib/dream_policy (setup.cfg), where `ros2 run` and launch_ros look for them.
+    entry_points={"console_scripts": [
+        "dream-policy = dream_policy.cli:main",
+        "sim_node = ros_nodes.sim_node:main",
+        "policy_node = ros_nodes.policy_node:main",
+    ]},
 )

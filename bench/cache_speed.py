@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="step() calls timed per mode")
     parser.add_argument("--chains", type=int, default=0, help="closed-loop chains per mode (0: skip)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--closed-loop-modes", nargs="+", default=["none", "uniform", "bac"],
+                        choices=["none", "uniform", "adaptive", "bac"])
     parser.add_argument("--out", type=Path, default=Path("runs/cache_bench"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -170,15 +172,15 @@ def main() -> None:
     if args.chains:
         print(f"\nclosed loop, {args.chains} chains of scene D, budget {args.budget}:")
         results = {}
-        for mode in ("none", "uniform", "bac"):
-            out = args.out / mode
+        for mode in args.closed_loop_modes:
+            out = args.out / f"{mode}_{args.budget}"
             out.mkdir(parents=True, exist_ok=True)
             r = closed_loop(args.ckpt, None if mode == "none" else schedules[(mode, args.budget)], args.chains,
                             args.workers, out)
             results[mode] = r
             print(f"  {mode:8s} avg_seq_len {r['avg_seq_len']:.2f}  chain_sr "
                   + " ".join(f"{x:.2f}" for x in r["chain_sr"]))
-        (args.out / "closed_loop.json").write_text(json.dumps(results, indent=1, default=str))
+        (args.out / f"closed_loop_{args.budget}.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"head_speedup={speedups[('bac', args.budget)]:.2f}")
 
 

@@ -37,11 +37,19 @@ class Command:
     help: str
     config_name: str
     target: str  # "module:function"; called with the composed DictConfig
+    positional: str | None = None  # config key a leading bare word sets (`up sim` = `up target=sim`)
 
     def __post_init__(self) -> None:
         module, sep, function = self.target.partition(":")
         if not (module and sep and function):
             raise ValueError(f"command {self.name!r}: target {self.target!r} is not 'module:function'")
+
+    def bind_positional(self, args: Sequence[str]) -> list[str]:
+        """``args`` with a leading bare word (no ``=``, not an option) as ``<positional>=<word>``."""
+        args = list(args)
+        if self.positional and args and "=" not in args[0] and not args[0].startswith(("-", "+", "~")):
+            args[0] = f"{self.positional}={args[0]}"
+        return args
 
     def load(self) -> Callable[[DictConfig], object]:
         module_name, _, function = self.target.partition(":")
@@ -86,6 +94,13 @@ COMMANDS: dict[str, Command] = {
             "calibrate a Block-wise Adaptive Caching schedule for a checkpoint's DiT head",
             "calibrate-cache",
             "dream_policy.calibrate_cache:calibrate_command",
+        ),
+        Command(
+            "up",
+            "run the sim node and the policy node over DDS (dream-policy up sim [key=value ...])",
+            "up",
+            "ros_nodes.launcher:up_command",
+            positional="target",
         ),
     )
 }
@@ -225,7 +240,8 @@ def run(argv: Sequence[str]) -> int:
     if argv[0] == "--version":
         print(f"{PROG} {__version__}")
         return 0
-    command, overrides = get_command(argv[0]), list(argv[1:])
+    command = get_command(argv[0])
+    overrides = command.bind_positional(argv[1:])
     if any(arg in HELP_FLAGS for arg in overrides):
         print(command_help(command))
         return 0

@@ -4,7 +4,10 @@
 them), its config and the normalisation statistics saved beside it; ``reset()`` forgets the
 history; ``step(obs, instruction)`` returns one 7-D relative action (it samples a chunk and
 plays its first ``action_horizon`` actions before sampling again; every observation still
-enters the history); ``predict_chunk`` the whole chunk. The DiT head runs under the BAC schedule
+enters the history); ``predict_chunk`` the whole chunk. A caller that runs at the control rate but
+samples less often (the ROS policy node) uses ``observe(obs)`` every control tick and
+``sample_chunk(instruction)`` when it wants actions, so the history holds consecutive frames as in
+training. The DiT head runs under the BAC schedule
 saved next to the checkpoint by ``dream-policy calibrate-cache`` (``cache_schedule.json``) when
 there is one (``cache="auto"``); ``cache="none"`` turns caching off, a path picks another schedule.
 History cache: the tokens that depend on one frame alone (vision latents, proprioception) are
@@ -86,7 +89,8 @@ class DreamPolicy:
         self._queue: deque[np.ndarray] = deque()
         self._instruction: str | None = None
 
-    def _observe(self, obs: dict[str, Any]) -> None:
+    def observe(self, obs: dict[str, Any]) -> None:
+        """Append one frame (rgb_static, rgb_gripper, robot_obs; other keys are ignored) to the history."""
         missing = [k for k in OBSERVATION_KEYS if k not in obs]
         if missing:
             raise KeyError(f"observation lacks {missing}; the policy needs {list(OBSERVATION_KEYS)}")
@@ -117,22 +121,26 @@ class DreamPolicy:
     @torch.no_grad()
     def predict_chunk(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
         """The action chunk (chunk, 7) for this observation (appended to the history)."""
-        self._observe(obs)
-        return self._sample(instruction)
+        self.observe(obs)
+        return self.sample_chunk(instruction)
 
-    def _sample(self, instruction: str) -> np.ndarray:
+    @torch.no_grad()
+    def sample_chunk(self, instruction: str) -> np.ndarray:
+        """The action chunk (chunk, 7) for the current history (``observe`` at least one frame first)."""
+        if not self._frames:
+            raise RuntimeError("sample_chunk needs a history: observe(obs) at least one frame first")
         hook = CachedBlocks(self.schedule) if self.schedule is not None else None
         chunk = self.model.predict_chunk(self._batch(instruction), generator=self.generator, block_hook=hook)[0]
         return clip_actions(chunk.cpu().numpy().astype(np.float64))
 
     def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
         """CALVIN's contract: one relative action. A new instruction drops the queued actions."""
-        self._observe(obs)
+        self.observe(obs)
         if instruction != self._instruction:
             self._queue.clear()
             self._instruction = instruction
         if not self._queue:
-            self._queue.extend(self._sample(instruction)[: self.action_horizon])
+            self._queue.extend(self.sample_chunk(instruction)[: self.action_horizon])
         return self._queue.popleft()
 
 

@@ -10,7 +10,11 @@ Alignment of a stream to a control tick at time t:
 - ``asof``: the latest message stamped at or before t and not older than t - ``tolerance_s``;
 - ``drop``: each message is used once; a tick without a new message has none.
 A stream whose chosen message is older than ``stale_s`` (or that has none) makes the node publish
-nothing for that tick. Messages without a header (std_msgs/msg/Float64) are stamped on receipt.
+nothing for that tick. Messages without a header (std_msgs/msg/Float64, Float64MultiArray) are stamped
+on receipt.
+
+``scene_obs`` is optional and sim-only: privileged simulator state (CALVIN's scene_obs (24,):
+articulations, lights, block poses) that no hardware contract has; a scripted expert needs it.
 """
 
 from __future__ import annotations
@@ -32,14 +36,17 @@ COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 JOINT_STATE = "sensor_msgs/msg/JointState"
 POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
 FLOAT64 = "std_msgs/msg/Float64"
+FLOAT64_ARRAY = "std_msgs/msg/Float64MultiArray"
 STRING = "std_msgs/msg/String"
 JOINT_TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
-HEADERLESS_TYPES = (FLOAT64, STRING)
+HEADERLESS_TYPES = (FLOAT64, FLOAT64_ARRAY, STRING)
 
 IMAGE_FEATURES = OBSERVATION_FEATURES[:2]  # rgb_static, rgb_gripper
 # The streams robot_obs is assembled from (the last gripper action is the node's own command).
 TCP_POSE, ARM_JOINT_POSITIONS, GRIPPER_WIDTH = "robot_obs.tcp_pose", "robot_obs.arm_joints", "robot_obs.gripper_width"
 ARM_JOINTS = 7  # robot_obs[7:14]
+SCENE_OBS = "scene_obs"  # privileged simulator state (24,), sim contracts only
+OPTIONAL_FEATURES = (SCENE_OBS,)
 # Which message types may carry each stream feature; the gripper width from a JointState is the
 # sum of the listed finger joints (each finger travels 0-0.04 m, as on the play-table).
 FEATURE_TYPES: dict[str, tuple[str, ...]] = {
@@ -47,6 +54,7 @@ FEATURE_TYPES: dict[str, tuple[str, ...]] = {
     TCP_POSE: (POSE_STAMPED,),
     ARM_JOINT_POSITIONS: (JOINT_STATE,),
     GRIPPER_WIDTH: (FLOAT64, JOINT_STATE),
+    SCENE_OBS: (FLOAT64_ARRAY,),
 }
 # Raw image encodings -> (channels per pixel, the source channels that give R, G, B).
 RAW_ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
@@ -343,9 +351,10 @@ class Contract:
         for i, f in enumerate(features):
             if f in features[:i]:
                 raise FieldError(f"observations[{i}].feature", "each feature once", f)
-        missing = [f for f in FEATURE_TYPES if f not in features]
+        required = [f for f in FEATURE_TYPES if f not in OPTIONAL_FEATURES]
+        missing = [f for f in required if f not in features]
         if missing:
-            raise FieldError("observations", f"streams for every feature in {list(FEATURE_TYPES)}; "
+            raise FieldError("observations", f"streams for every feature in {required}; "
                              f"missing {missing}", features)
 
     def stream(self, feature: str) -> Stream:
@@ -353,7 +362,8 @@ class Contract:
         for s in self.observations:
             if s.feature == feature:
                 return s
-        raise KeyError(f"{feature!r} is not a stream feature; valid: {list(FEATURE_TYPES)}")
+        raise KeyError(f"{feature!r} is not a stream of {self.name}; its features: "
+                       f"{[s.feature for s in self.observations]}")
 
     @property
     def watchdog_s(self) -> float:

@@ -8,6 +8,7 @@ the node stays in that state and the error is re-raised as a LifecycleError nami
 
 from __future__ import annotations
 
+import signal
 import threading
 from enum import Enum
 
@@ -102,3 +103,28 @@ def autostart(node: LifecycleNode) -> LifecycleNode:
     node.configure()
     node.activate()
     return node
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """Set ``stop`` on SIGINT and SIGTERM (call from the main thread). The handler sets it from a new
+    thread: the handler runs in the main thread, which may be inside ``stop.wait()`` holding the event's
+    lock, and ``stop.set()`` there would deadlock."""
+    def handler(signum: int, frame: object) -> None:
+        threading.Thread(target=stop.set, name="stop-signal", daemon=True).start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def without_ros_args(argv: list[str]) -> list[str]:
+    """``argv`` without the ``--ros-args ... [--]`` section that ``ros2 run`` / ``ros2 launch`` append
+    (remappings, parameters; the rclpy transport reads them from ``sys.argv`` itself)."""
+    out, inside = [], False
+    for arg in argv:
+        if arg == "--ros-args":
+            inside = True
+        elif inside and arg == "--":
+            inside = False
+        elif not inside:
+            out.append(arg)
+    return out

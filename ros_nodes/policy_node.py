@@ -12,23 +12,29 @@ fit the contract (image size or encoding, joint names, non-finite values) are lo
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
+import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from ros_nodes.contract import (
     FLOAT64,
+    FLOAT64_ARRAY,
     GRIPPER_WIDTH,
     IMAGE,
     IMAGE_FEATURES,
+    SCENE_OBS,
     STRING,
     TCP_POSE,
     Contract,
@@ -36,6 +42,7 @@ from ros_nodes.contract import (
     Stream,
     Topic,
     feature_shape,
+    load_contract,
 )
 from ros_nodes.contract import QosProfile as ContractQos
 from ros_nodes.convert import (
@@ -51,16 +58,27 @@ from ros_nodes.convert import (
     pose_to_tcp,
     stamp_seconds,
 )
-from ros_nodes.lifecycle import LifecycleNode
+from ros_nodes.lifecycle import LifecycleNode, State, autostart, stop_on_signals, without_ros_args
 from ros_nodes.policy_runner import PolicyRunner, PolicyRunnerConfig
 from ros_nodes.safety import Decision
-from ros_nodes.transport.base import Durability, QosProfile, Reliability, Transport, check_node_name
+from ros_nodes.transport.base import (
+    TRANSPORT_KINDS,
+    Durability,
+    QosProfile,
+    Reliability,
+    Transport,
+    check_node_name,
+    make_transport,
+)
 from ros_nodes.types import Command, Sample
-from sim.policy import Policy
+from sim.policy import Policy, make_policy
+from sim.scene_config import SCENES
 
 log = logging.getLogger(__name__)
 CLOCK_TOPIC, CLOCK = "/clock", "rosgraph_msgs/msg/Clock"
 CLOCK_QOS = QosProfile(1, Reliability.BEST_EFFORT, Durability.VOLATILE)  # matches any publisher, as ROS's
+DEFAULT_CONTRACT = Path(__file__).resolve().parents[1] / "configs" / "contract" / "playtable.yaml"
+SIM_CONTRACTS = ("playtable",)  # contract names of the sim node's topics: sim time by default
 # (tcp target, measured arm joints (7,)) -> joint targets (7,) in the contract's joint order
 JointSolver = Callable[[Command, np.ndarray], np.ndarray]
 SERVICE_HANDLERS: dict[str, Callable[[PolicyRunner, str], None]] = {
@@ -96,6 +114,11 @@ def message_sample(stream: Stream, msg: Any, received: float) -> Sample:
     whole for ``robot_obs_from``."""
     if stream.type == FLOAT64:
         return Sample(received, _finite(stream.topic, np.array([msg.data], dtype=np.float64)))
+    if stream.type == FLOAT64_ARRAY:
+        values, shape = np.asarray(msg.data, dtype=np.float64), feature_shape(stream.feature)
+        if values.shape != shape:
+            raise ValueError(f"{stream.topic}: {values.size} values, {stream.feature} has shape {shape}")
+        return Sample(received, _finite(stream.topic, values))
     stamp = stamp_seconds(msg.header)
     if stream.feature in IMAGE_FEATURES:
         return Sample(stamp, _image(stream, msg))
@@ -302,7 +325,8 @@ class PolicyNode(LifecycleNode):
         return decision
 
     def publish_diagnostics(self) -> None:
-        text = json.dumps(_json_safe(self._runner.diagnostics()), allow_nan=False)
+        """The runner's diagnostics with ``time``, the node's ROS time (None before the first /clock)."""
+        text = json.dumps(_json_safe({"time": self._now(), **self._runner.diagnostics()}), allow_nan=False)
         self._publishers["diagnostics"].publish(TYPESTORE.types[STRING](data=text))
 
     def _halt(self) -> None:
@@ -402,3 +426,71 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+# ---- the process ------------------------------------------------------------------------------------
+
+def serve(node: PolicyNode, stop: threading.Event | None = None) -> None:
+    """Configure and activate ``node``, run until SIGINT / SIGTERM (or ``stop``), then deactivate (a safe
+    stop: the hold is published) and shut down (the transport closes)."""
+    stop = stop or threading.Event()
+    stop_on_signals(stop)
+    try:
+        autostart(node)
+        log.info("%s: active (contract %s)", node.name, node.contract.source)
+        stop.wait()
+        log.info("%s: stopping", node.name)
+    finally:
+        if node.state is State.ACTIVE:
+            node.deactivate()
+        if node.state is not State.FINALIZED:
+            node.shutdown()
+
+
+def policy_factory(name: str, ckpt: Path | None, scene: str) -> Callable[[], Policy]:
+    """What ``--policy`` builds at configure time; a missing checkpoint folder is named at once."""
+    if name == "checkpoint":
+        if ckpt is None or not ckpt.is_dir():
+            raise ValueError(f"--policy checkpoint needs --ckpt FOLDER (a dream-policy train checkpoint), "
+                             f"got {ckpt}")
+        return lambda: make_policy("checkpoint", ckpt=str(ckpt))
+    return lambda: make_policy(name, scene=scene)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``ros2 run dream_policy policy_node``: the policy on the contract's topics until SIGINT/SIGTERM."""
+    parser = argparse.ArgumentParser(prog="policy_node", description=__doc__.splitlines()[0])
+    parser.add_argument("--contract", type=Path, default=DEFAULT_CONTRACT, help="contract YAML (topics, QoS)")
+    parser.add_argument("--policy", choices=("expert", "checkpoint"), default="checkpoint",
+                        help="expert: the scripted expert (needs the sim-only scene_obs stream)")
+    parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder for --policy checkpoint")
+    parser.add_argument("--scene", choices=SCENES, default="D", help="play-table scene the expert plans in")
+    parser.add_argument("--transport", choices=TRANSPORT_KINDS, default="auto")
+    parser.add_argument("--use-sim-time", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"ROS time from {CLOCK_TOPIC} (default: on with the sim contract {SIM_CONTRACTS})")
+    parser.add_argument("--node-name", default=PolicyNodeConfig.node_name)
+    parser.add_argument("--diagnostics-period", type=float, default=PolicyNodeConfig.diagnostics_period_s,
+                        help="seconds of ROS time between diagnostics messages")
+    args = parser.parse_args(without_ros_args(sys.argv[1:] if argv is None else list(argv)))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    contract = load_contract(args.contract)
+    use_sim_time = contract.name in SIM_CONTRACTS if args.use_sim_time is None else args.use_sim_time
+    if args.policy == "expert" and SCENE_OBS not in [s.feature for s in contract.observations]:
+        parser.error(f"--policy expert plans from the sim-only {SCENE_OBS!r} stream, which {contract.source} "
+                     "does not have")
+    try:
+        factory = policy_factory(args.policy, args.ckpt, args.scene)
+        config = PolicyNodeConfig(args.node_name, diagnostics_period_s=args.diagnostics_period,
+                                  use_sim_time=use_sim_time)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.transport == "dds":
+        from ros_nodes.transport.dds import loopback_config
+
+        os.environ.setdefault("CYCLONEDDS_URI", loopback_config())
+    transport = make_transport(args.transport, node_name=args.node_name)
+    serve(PolicyNode(transport, contract, factory, config))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,15 @@ control timer.
 
 Sample values per stream: images (H, W, 3) uint8 at the policy's size; the gripper width (1,) m; the
 tcp pose and arm joint streams keep their messages (PoseStamped, JointState), from which
-``convert.robot_obs_from`` assembles robot_obs, with the last gripper command as its 15th value.
+``convert.robot_obs_from`` assembles robot_obs, with the last gripper command as its 15th value; the
+optional sim-only ``scene_obs`` stream (24,) is passed to the policy as ``obs["scene_obs"]``.
+
+History: a policy with ``observe(obs)`` and ``sample_chunk(instruction)`` (DreamPolicy) gets every new
+aligned observation of a control tick (one per reference frame, in order) and samples only when an
+inference is due, so its history holds consecutive frames as in training. The frames of the ticks since
+the last inference are handed over on the inference thread just before sampling, so the policy is never
+called from two threads. Other policies (the scripted expert) get ``predict_chunk(obs)`` or ``step(obs)``
+with the newest observation at each inference.
 
 Running target (CALVIN's stored target): a chunk of relative actions a_0..a_{N-1} predicted from the
 observation at t_obs becomes the plan P_0 = base, P_{i+1} = P_i + a_i (``relative_to_command``), and
@@ -23,7 +31,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +40,15 @@ import numpy as np
 
 from ros_nodes.alignment import STAMP_SLACK_S, Rejected, StreamAligner, StreamConfig
 from ros_nodes.chunk_scheduler import BLENDS, SLOT_SLACK, ChunkScheduler, ChunkSchedulerConfig
-from ros_nodes.contract import ARM_JOINT_POSITIONS, GRIPPER_WIDTH, IMAGE_FEATURES, TCP_POSE, Contract, Stream
+from ros_nodes.contract import (
+    ARM_JOINT_POSITIONS,
+    GRIPPER_WIDTH,
+    IMAGE_FEATURES,
+    SCENE_OBS,
+    TCP_POSE,
+    Contract,
+    Stream,
+)
 from ros_nodes.convert import joint_positions, pose_to_tcp, relative_to_command, robot_obs_from
 from ros_nodes.loop_stats import LoopStats, LoopStatsConfig
 from ros_nodes.safety import Decision, SafetyConfig, SafetyFilter
@@ -40,6 +56,8 @@ from ros_nodes.types import OBSERVATION_FEATURES, Command, Sample
 from sim.policy import Policy
 
 OPEN = 1.0  # the gripper action before any command: CALVIN's robot starts open
+STEP_HOLD_TICKS = 2  # zero-motion actions after a step() action (see _hold_after)
+FRAME_BUFFER = 30  # frames kept for an observing policy between inferences (1 s at 30 Hz)
 
 
 @dataclass(frozen=True)
@@ -71,7 +89,7 @@ class _Inference:
     """What one inference needs, taken under the lock."""
 
     t_obs: float
-    obs: dict[str, np.ndarray]
+    frames: list[dict[str, np.ndarray]]  # observations to hand to the policy, the newest (at t_obs) last
     base: np.ndarray  # (6,) target pose the first action adds onto
     generation: int
     instruction: str
@@ -97,8 +115,14 @@ def _instruction(text: Any) -> str:
     return text.strip()
 
 
+def observes(policy: Policy) -> bool:
+    """Whether ``policy`` takes frames one by one (``observe``) and samples from its history (``sample_chunk``)."""
+    return callable(getattr(policy, "observe", None)) and callable(getattr(policy, "sample_chunk", None))
+
+
 class PolicyRunner:
-    """Runs ``policy`` (``predict_chunk`` when it has one, else ``step`` as a chunk of 1) under a contract."""
+    """Runs ``policy`` under a contract: ``observe`` every tick + ``sample_chunk`` when it has them, else
+    ``predict_chunk``, else ``step`` (its action, then its target held)."""
 
     def __init__(self, contract: Contract, policy: Policy, config: PolicyRunnerConfig = PolicyRunnerConfig(),
                  latency_clock: Callable[[], float] = time.perf_counter) -> None:
@@ -128,6 +152,9 @@ class PolicyRunner:
         self._counts: Counter[str] = Counter()
         self._last_rejection: str | None = None
         self._last_decision: Decision | None = None
+        self._observes = observes(policy)
+        self._frames: deque[tuple[float, dict[str, np.ndarray]]] = deque(maxlen=FRAME_BUFFER)  # (t_obs, obs)
+        self._last_frame_t = -math.inf
 
     # ---- inputs -----------------------------------------------------------------------------------
 
@@ -221,7 +248,7 @@ class PolicyRunner:
         if request.reset_policy:
             self.policy.reset()
         started = self._latency_clock()
-        actions = self._predict(request.obs, request.instruction)
+        actions = self._predict(request.frames, request.instruction)
         latency = max(0.0, self._latency_clock() - started)  # a ROS clock may jump back
         with self._lock:
             self._stats.inference(latency)
@@ -232,6 +259,25 @@ class PolicyRunner:
             return None
         if self._observation_time(now) <= self._last_t_obs:
             return None  # nothing newer than the observation of the last inference
+        if self._observes:
+            self._collect(now)
+            if not self._frames or self._frames[-1][0] <= self._last_t_obs:
+                return None
+            t_obs, obs = self._frames[-1]
+            frames = [frame for _, frame in self._frames]
+            self._frames.clear()
+        else:
+            newest = self._frame(now)
+            if newest is None:
+                return None
+            (t_obs, obs), frames = newest, [newest[1]]
+        base = obs["robot_obs"][:6] if self._plan is None else self._plan_target(t_obs)
+        self._last_t_obs, self._last_infer_at = t_obs, now
+        reset, self._reset_policy = self._reset_policy, False
+        return _Inference(t_obs, frames, base, self._generation, self._task, reset)
+
+    def _frame(self, now: float) -> tuple[float, dict[str, np.ndarray]] | None:
+        """The aligned observation for ``now`` as the policy's dict, with its time; None if there is none."""
         aligned = self._aligner.observation(now)
         if isinstance(aligned, Rejected):
             self._last_rejection = aligned.message
@@ -244,10 +290,18 @@ class PolicyRunner:
             self._last_rejection = f"robot_obs: {error}"
             return None
         obs = {**{f: aligned.values[f] for f in IMAGE_FEATURES}, "robot_obs": robot_obs}
-        base = robot_obs[:6] if self._plan is None else self._plan_target(aligned.stamp)
-        self._last_t_obs, self._last_infer_at = aligned.stamp, now
-        reset, self._reset_policy = self._reset_policy, False
-        return _Inference(aligned.stamp, obs, base, self._generation, self._task, reset)
+        if SCENE_OBS in aligned.values:
+            obs[SCENE_OBS] = aligned.values[SCENE_OBS]
+        return aligned.stamp, obs
+
+    def _collect(self, now: float) -> None:
+        """Buffer the observation of this tick for an observing policy, if it is newer than the last one."""
+        if self._observation_time(now) <= self._last_frame_t:
+            return
+        frame = self._frame(now)
+        if frame is not None:
+            self._frames.append(frame)
+            self._last_frame_t = frame[0]
 
     def _observation_time(self, now: float) -> float:
         """The aligner's reference time: ``now``, or the reference stream's newest stamp (inf before one,
@@ -257,12 +311,17 @@ class PolicyRunner:
         reference = self._newest.get(self.config.reference)
         return math.inf if reference is None else reference.stamp
 
-    def _predict(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
+    def _predict(self, frames: list[dict[str, np.ndarray]], instruction: str) -> np.ndarray:
+        """The policy's chunk: every frame observed, then sampled; or the newest frame predicted on."""
         predict_chunk = getattr(self.policy, "predict_chunk", None)
-        if predict_chunk is not None:
-            actions = np.asarray(predict_chunk(obs, instruction), dtype=np.float64)
+        if self._observes:
+            for frame in frames:
+                self.policy.observe(frame)
+            actions = np.asarray(self.policy.sample_chunk(instruction), dtype=np.float64)
+        elif predict_chunk is not None:
+            actions = np.asarray(predict_chunk(frames[-1], instruction), dtype=np.float64)
         else:
-            actions = np.asarray(self.policy.step(obs, instruction), dtype=np.float64)[None]
+            actions = _hold_after(np.asarray(self.policy.step(frames[-1], instruction), dtype=np.float64))
         if actions.ndim != 2 or actions.shape[0] < 1 or actions.shape[1] != 7:
             raise ValueError(f"the policy returned actions of shape {actions.shape}; expected (N, 7) "
                              "relative actions (or (7,) from step)")
@@ -305,8 +364,11 @@ class PolicyRunner:
                 if stale is not None:
                     self._last_rejection = stale
                     self._clear_chunks()  # never resume actions planned before the gap
-                elif (values := self._scheduler.command_at(now)) is not None:
-                    proposal = Command.from_array(now, values)
+                else:
+                    if self._observes:
+                        self._collect(now)
+                    if (values := self._scheduler.command_at(now)) is not None:
+                        proposal = Command.from_array(now, values)
             current = current_pose or self.measured_pose()
             if current is None:
                 decision = Decision(None, "none", ("no tcp pose received yet",))
@@ -330,7 +392,8 @@ class PolicyRunner:
     def _clear_chunks(self) -> None:
         self._scheduler.reset()
         self._plan = None
-        self._last_t_obs = -math.inf
+        self._last_t_obs = self._last_frame_t = -math.inf
+        self._frames.clear()
         self._generation += 1
 
     # ---- state ------------------------------------------------------------------------------------
@@ -370,6 +433,17 @@ class PolicyRunner:
                 "last_rejection": self._last_rejection,
                 "last_decision": None if self._last_decision is None else self._last_decision.kind,
             }
+
+
+def _hold_after(action: np.ndarray) -> np.ndarray:
+    """A step() action as a chunk: the action, then ``STEP_HOLD_TICKS`` actions that keep its target (no
+    motion, same gripper), as CALVIN's controller keeps a target until the next action. A chunk of the
+    action alone would cover one slot only, which has passed by the time an asynchronous inference lands."""
+    if action.shape != (7,):
+        return action  # refused by the shape check of _predict
+    hold = np.zeros((STEP_HOLD_TICKS, 7))
+    hold[:, 6] = action[6]
+    return np.vstack([action, hold])
 
 
 def _slot(t0: float, t: float, period: float) -> int:

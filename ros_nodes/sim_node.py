@@ -3,7 +3,9 @@
 Each tick (30 Hz of simulated time) applies the newest target pose and gripper command received since
 the last tick (none: the robot holds its target), steps the physics, then publishes every observation
 stream of the contract stamped with the simulated time, and that time on ``/clock`` (rosgraph_msgs), so
-nodes running with ``use_sim_time`` share the sim's clock. Commands arrive on the transport's dispatch
+nodes running with ``use_sim_time`` share the sim's clock. A ``scene_obs`` stream in the contract gets the
+simulator's privileged scene state (sim only), which the scripted expert plans from and tests judge
+success with. Commands arrive on the transport's dispatch
 thread; the tick reads them under a lock. Only ``actions.mode: pose`` is followed.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +24,7 @@ import numpy as np
 
 from ros_nodes import contract as C
 from ros_nodes.convert import TYPESTORE, header, pose_to_tcp, rgb_to_compressed, rgb_to_image, stamp_seconds
+from ros_nodes.lifecycle import stop_on_signals, without_ros_args
 from ros_nodes.sim_robot import FINGER_NAMES, IMAGE_SHAPES, JOINT_NAMES, SimRobot
 from ros_nodes.transport.base import (
     TRANSPORT_KINDS,
@@ -58,6 +61,12 @@ def _pose_stamped(position: np.ndarray, quat_wxyz: np.ndarray, stamp: float, fra
     pose = _T["geometry_msgs/msg/Pose"](position=_T["geometry_msgs/msg/Point"](x=px, y=py, z=pz),
                                         orientation=_T["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w))
     return _T["geometry_msgs/msg/PoseStamped"](header=header(stamp, frame_id), pose=pose)
+
+
+def _float_array(values: np.ndarray) -> Any:
+    """A Float64MultiArray of a flat vector (no dimension labels, as the forward controllers send)."""
+    layout = _T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
+    return _T[C.FLOAT64_ARRAY](layout=layout, data=np.asarray(values, dtype=np.float64))
 
 
 def _joint_state(names: Sequence[str], position: np.ndarray, velocity: np.ndarray, stamp: float) -> Any:
@@ -106,6 +115,8 @@ def _stream_builder(stream: C.Stream, frame_id: str) -> Builder:
         return _joint_builder(stream, JOINT_NAMES, SimRobot.joint_positions, SimRobot.joint_velocities)
     if stream.type == C.JOINT_STATE:  # gripper width as finger joints
         return _joint_builder(stream, FINGER_NAMES, SimRobot.finger_positions, None)
+    if stream.feature == C.SCENE_OBS:
+        return lambda robot, t: _float_array(robot.scene_obs())
     return lambda robot, t: _T["std_msgs/msg/Float64"](data=robot.gripper_width())
 
 
@@ -245,14 +256,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="stop after this many ticks")
     parser.add_argument("--transport", choices=TRANSPORT_KINDS, default="auto")
     parser.add_argument("--node-name", default="sim_node")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(without_ros_args(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     contract = C.load_contract(args.contract)
     robot = SimRobot(args.scene, seed=args.seed)
     transport = make_transport(args.transport, node_name=args.node_name)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     try:
         node = SimNode(transport, contract, robot, camera_rate_hz=args.camera_rate)
         log.info("sim node: scene %s, contract %s, %s", args.scene, contract.source,

@@ -138,6 +138,10 @@ class SimRobot:
         """CALVIN's robot_obs (15,) of the current state."""
         return self.env.physics.robot_obs()
 
+    def scene_obs(self) -> np.ndarray:
+        """CALVIN's scene_obs (24,) of the current state: privileged simulator state, no robot has it."""
+        return self.env.physics.scene_obs()
+
     # ---- task oracle -----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         """The current state, for ``succeeded`` later."""

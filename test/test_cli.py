@@ -42,10 +42,27 @@ def run_cli(*args, env=None):
 
 
 def test_registered_commands():
-    assert set(cli.COMMANDS) == {"chains", "eval", "collect", "train"}
+    assert set(cli.COMMANDS) == {"chains", "eval", "collect", "train", "calibrate-cache", "up"}
     for name, command in cli.COMMANDS.items():
         assert command.name == name
         assert (REPO / "configs" / f"{command.config_name}.yaml").is_file()
+
+
+def test_a_leading_bare_word_sets_the_positional_key():
+    up = cli.COMMANDS["up"]
+    assert up.bind_positional(["sim", "policy=expert"]) == ["target=sim", "policy=expert"]
+    assert up.bind_positional(["policy=expert"]) == ["policy=expert"]
+    assert cli.COMMANDS["eval"].bind_positional(["sim"]) == ["sim"]  # no positional: a bad override
+
+
+def test_up_with_a_bad_contract_is_one_line_with_exit_code_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("observations: []\n")
+    assert cli.main(["up", "sim", f"contract_file={bad}", "duration_s=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dream-policy: error: bad contract:") and str(bad) in err and "\n" not in err
+    assert cli.main(["up", "moon"]) == 2
+    assert "target must be one of ['sim'], got 'moon'" in capsys.readouterr().err
 
 
 def test_target_must_be_module_colon_function():

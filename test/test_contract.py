@@ -16,6 +16,7 @@ from ros_nodes.contract import (
     JOINT_TRAJECTORY,
     POSE_STAMPED,
     QOS_PROFILES,
+    SCENE_OBS,
     Alignment,
     ContractError,
     FieldError,
@@ -61,10 +62,21 @@ def test_playtable_contract_loads():
     assert c.instruction.qos.durability == "transient_local"
     assert c.services.stop == "/dream_policy/stop"
     assert c.safety.workspace.min < c.safety.workspace.max
+    scene = c.stream(SCENE_OBS)  # sim only: privileged state
+    assert scene.type == "std_msgs/msg/Float64MultiArray" and scene.alignment.policy == "hold"
+    assert feature_shape(SCENE_OBS) == (24,)
+
+
+def test_scene_obs_is_optional_and_headerless(tmp_path):
+    c = _load_changed(tmp_path, lambda raw: raw["observations"].pop(5))
+    assert SCENE_OBS not in [s.feature for s in c.observations]
+    with pytest.raises(ContractError, match=r"observations\[5\].alignment: expected hold or drop"):
+        _load_changed(tmp_path, _set("observations.5.alignment", {"policy": "asof", "tolerance_s": 0.02}))
 
 
 def test_franka_contract_loads():
     c = load_contract(FRANKA)
+    assert SCENE_OBS not in [s.feature for s in c.observations]  # hardware has no privileged state
     assert all(c.stream(f).type == COMPRESSED_IMAGE and c.stream(f).image.encoding == "jpeg"
                for f in IMAGE_FEATURES)
     assert c.stream("rgb_static").stale_s == 0.15 and c.stream("robot_obs.tcp_pose").stale_s == 0.1
@@ -143,7 +155,7 @@ MISTAKES = {
                                          ["observations[1].image.encoding", "for sensor_msgs/msg/Image"]),
     "missing stream": (lambda raw: raw["observations"].pop(4), ["observations:", "robot_obs.gripper_width"]),
     "duplicated feature": (lambda raw: raw["observations"].append(copy.deepcopy(raw["observations"][0])),
-                           ["observations[5].feature", "each feature once"]),
+                           ["observations[6].feature", "each feature once"]),
     "bad topic name": (_set("observations.0.topic", "static camera"), ["observations[0].topic", "ROS 2 name"]),
     "bad service name": (_set("services.stop", "/dream_policy/2stop"), ["services.stop", "ROS 2 name"]),
     "missing alignment": (_delete("observations.2.alignment"), ["observations[2].alignment", "required"]),

@@ -105,3 +105,31 @@ def test_autostart_configures_and_activates():
 def test_node_names_are_checked():
     with pytest.raises(ValueError, match="node_name"):
         LifecycleNode("9 bad name")
+
+
+def test_stop_on_signals_sets_the_event_even_while_the_main_thread_waits_on_it():
+    import os
+    import signal
+    import threading
+
+    from ros_nodes.lifecycle import stop_on_signals
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in saved:
+            stop = threading.Event()
+            stop_on_signals(stop)
+            threading.Timer(0.05, os.kill, (os.getpid(), sig)).start()
+            assert stop.wait(5.0)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def test_ros_args_are_removed_before_parsing():
+    from ros_nodes.lifecycle import without_ros_args
+
+    argv = ["--contract", "c.yaml", "--ros-args", "-r", "__node:=p", "--params-file", "x.yaml", "--", "--seed", "1"]
+    assert without_ros_args(argv) == ["--contract", "c.yaml", "--seed", "1"]
+    assert without_ros_args(["--ros-args", "-r", "a:=b"]) == []
+    assert without_ros_args(["--scene", "D"]) == ["--scene", "D"]

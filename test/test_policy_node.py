@@ -19,6 +19,7 @@ from test_policy_runner import (
     MEASURED,
     PERIOD,
     ROOT,
+    SCENE,
     T0,
     WIDTH,
     BlockingPolicy,
@@ -29,7 +30,7 @@ from test_policy_runner import (
     pose_msg,
 )
 
-from ros_nodes.contract import FLOAT64, JOINT_TRAJECTORY, STRING, Topic, load_contract
+from ros_nodes.contract import FLOAT64, FLOAT64_ARRAY, JOINT_TRAJECTORY, STRING, Topic, load_contract
 from ros_nodes.contract import QosProfile as ContractQos
 from ros_nodes.convert import TYPESTORE, fit_rgb, header, pose_to_tcp, rgb_to_compressed, rgb_to_image
 from ros_nodes.fake_transport import FakeBus, FakeTransport
@@ -90,6 +91,10 @@ class Clock:
         return self.t
 
 
+def scene_msg(values: np.ndarray = SCENE):
+    return T[FLOAT64_ARRAY](layout=T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0), data=values.copy())
+
+
 class Sim:
     """Publishes the contract's streams (as the sim node does) and the user's text topics."""
 
@@ -107,7 +112,7 @@ class Sim:
     def frame(self, t: float, skip: tuple[str, ...] = ()) -> None:
         msgs = {**{f: rgb_to_image(image, t, "camera") for f, image in IMAGES.items()},
                 "robot_obs.tcp_pose": pose_msg(t), "robot_obs.arm_joints": joint_msg(t),
-                "robot_obs.gripper_width": T[FLOAT64](data=WIDTH)}
+                "robot_obs.gripper_width": T[FLOAT64](data=WIDTH), "scene_obs": scene_msg()}
         for feature, msg in msgs.items():
             if feature not in skip:
                 self.streams[feature].publish(msg)
@@ -312,6 +317,7 @@ def test_diagnostics_are_strict_json_on_the_node_topic(bus):
     diagnostics = json.loads(messages[-1].data, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert diagnostics["loop"]["ticks"] == 5 and diagnostics["loop"]["inference_p50_s"] is None
     assert diagnostics["task"] is None and diagnostics["last_decision"] == "hold"
+    assert diagnostics["time"] == pytest.approx(clock.t)  # the ROS time of the tick that published it
 
 
 def test_sim_time_comes_from_clock_messages(bus):

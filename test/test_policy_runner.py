@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ros_nodes.contract import ARM_JOINT_POSITIONS, GRIPPER_WIDTH, TCP_POSE, feature_shape, load_contract
+from ros_nodes.contract import (
+    ARM_JOINT_POSITIONS,
+    GRIPPER_WIDTH,
+    SCENE_OBS,
+    TCP_POSE,
+    feature_shape,
+    load_contract,
+)
 from ros_nodes.convert import TYPESTORE, command_to_pose, header, pose_to_tcp
 from ros_nodes.policy_runner import PolicyRunner, PolicyRunnerConfig
 from ros_nodes.types import Command, Sample
@@ -25,6 +32,7 @@ TCP_POS = np.array([0.02587, -0.23131, 0.57128])
 TCP_EULER = np.array([3.09045, -0.02909, 1.50014])
 ARM = np.array([-1.21779, 1.03988, 2.11978, -2.34205, -0.87016, 1.64119, 0.55345])
 WIDTH = 0.08
+SCENE = np.arange(24, dtype=np.float64) / 24  # the sim contract's privileged scene state
 _RNG = np.random.default_rng(0)
 IMAGES = {f: _RNG.integers(0, 256, feature_shape(f), dtype=np.uint8) for f in ("rgb_static", "rgb_gripper")}
 T0 = 100.0
@@ -44,7 +52,8 @@ MEASURED = np.concatenate(pose_to_tcp(pose_msg(T0)))  # what the runner reads ba
 
 def feed(runner: PolicyRunner, t: float, skip: tuple[str, ...] = ()) -> None:
     """One sample of every stream stamped ``t``, as the sim publishes them each control step."""
-    values = {**IMAGES, TCP_POSE: pose_msg(t), ARM_JOINT_POSITIONS: joint_msg(t), GRIPPER_WIDTH: np.array([WIDTH])}
+    values = {**IMAGES, TCP_POSE: pose_msg(t), ARM_JOINT_POSITIONS: joint_msg(t), GRIPPER_WIDTH: np.array([WIDTH]),
+              SCENE_OBS: SCENE}
     for stream, value in values.items():
         if stream not in skip:
             runner.on_sample(stream, Sample(t, value))
@@ -86,13 +95,14 @@ class StepPolicy:
     """Only CALVIN's step(): one action per call."""
 
     def __init__(self, rel_actions: np.ndarray) -> None:
-        self.rel_actions, self.calls = rel_actions, 0
+        self.rel_actions, self.calls, self.obs = rel_actions, 0, None
 
     def reset(self) -> None:
         pass
 
     def step(self, obs: dict, instruction: str) -> np.ndarray:
         self.calls += 1
+        self.obs = obs
         return self.rel_actions[self.calls - 1]
 
 
@@ -153,10 +163,10 @@ def test_chunks_become_absolute_commands_accumulated_like_calvin():
         assert obs0[feature] is image
 
 
-def test_a_step_only_policy_runs_as_chunks_of_one():
+def test_a_step_only_policy_runs_as_an_action_then_its_target_held():
     rel = actions(5, 3)
     policy = StepPolicy(rel)
-    runner = make_runner(policy)
+    runner = make_runner(policy, blend="replace")
     runner.start("push the block")
     expected = calvin_targets(MEASURED, rel)
     for k in range(5):
@@ -165,7 +175,50 @@ def test_a_step_only_policy_runs_as_chunks_of_one():
         assert runner.inference_due(t)
         assert runner.infer(t) == 0
         np.testing.assert_allclose(runner.tick(t).command.as_array(), expected[k], atol=1e-12)
-    assert policy.calls == 5
+    assert policy.calls == 5 and np.array_equal(policy.obs["scene_obs"], SCENE)  # the sim-only state too
+    # an action that lands after its own slot is still followed: its target is held for the next ticks
+    late = PolicyRunner(CONTRACT, StepPolicy(rel), latency_clock=iter([0.0, 1.5 * PERIOD]).__next__)
+    feed(late, T0)
+    late.start("push the block")
+    assert late.infer(T0) == 1
+    np.testing.assert_allclose(late.tick(T0 + 1.5 * PERIOD).command.as_array(), expected[0], atol=1e-12)
+
+
+class ObservingPolicy:
+    """DreamPolicy's split interface: observe() one frame, sample_chunk() from the history."""
+
+    def __init__(self, chunk: np.ndarray) -> None:
+        self.chunk, self.observed, self.sampled_after = chunk, [], []
+
+    def reset(self) -> None:
+        self.observed.clear()
+
+    def observe(self, obs: dict) -> None:
+        self.observed.append(float(obs["robot_obs"][6]))  # the gripper width tells the frames apart
+
+    def sample_chunk(self, instruction: str) -> np.ndarray:
+        self.sampled_after.append(len(self.observed))
+        return self.chunk
+
+
+def test_an_observing_policy_gets_every_tick_and_samples_only_when_due():
+    policy = ObservingPolicy(actions(3, 6))
+    runner = make_runner(policy, refill_ticks=0)
+    runner.start("open the drawer")
+    for k in range(7):
+        t = T0 + k * PERIOD
+        feed(runner, t)
+        runner.on_sample(GRIPPER_WIDTH, Sample(t, np.array([0.01 * k])))
+        if runner.inference_due(t):
+            assert runner.infer(t) == 0
+        assert runner.tick(t).kind == "command"
+        runner.tick(t)  # a second tick on the same frame adds no frame
+    assert policy.observed == pytest.approx([0.01 * k for k in range(7)])  # consecutive frames, in order
+    assert policy.sampled_after == [1, 3, 5, 7]  # one sample per chunk of 3 (refilled when it runs out)
+    runner.set_task("close the drawer")  # a new task: a fresh history from the next frame on
+    feed(runner, T0 + 7 * PERIOD)
+    runner.infer(T0 + 7 * PERIOD)
+    assert len(policy.observed) == 1
 
 
 def test_actions_already_past_on_arrival_are_skipped():

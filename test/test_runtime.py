@@ -64,8 +64,8 @@ def test_same_seed_same_actions_and_reset_forgets(checkpoint):
 def test_step_plays_action_horizon_actions_per_chunk(checkpoint, horizon):
     policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), action_horizon=horizon)
     chunks = []
-    real = policy._sample
-    policy._sample = lambda instruction: chunks.append(real(instruction)) or chunks[-1]
+    real = policy.sample_chunk
+    policy.sample_chunk = lambda instruction: chunks.append(real(instruction)) or chunks[-1]
     rng = np.random.default_rng(4)
     actions = [policy.step(obs(rng), "open the drawer") for _ in range(6)]
     assert len(chunks) == 6 // horizon
@@ -77,8 +77,8 @@ def test_step_plays_action_horizon_actions_per_chunk(checkpoint, horizon):
 def test_new_instruction_or_reset_drops_queued_actions(checkpoint):
     policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), action_horizon=3)
     calls = []
-    real = policy._sample
-    policy._sample = lambda instruction: calls.append(instruction) or real(instruction)
+    real = policy.sample_chunk
+    policy.sample_chunk = lambda instruction: calls.append(instruction) or real(instruction)
     rng = np.random.default_rng(5)
     policy.step(obs(rng), "open the drawer")
     policy.step(obs(rng), "close the drawer")
@@ -104,6 +104,22 @@ def test_history_cache_gives_the_actions_of_full_recomputation(checkpoint):
         cached.seed(i), full.seed(i)
         np.testing.assert_allclose(cached.step(o, "open the drawer"), full.step(o, "open the drawer"), atol=1e-5)
     assert encoded == [1] * 9  # each frame encoded once, whatever the window length
+
+
+def test_observe_every_frame_then_sample_is_predict_chunk(checkpoint):
+    split = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText())
+    whole = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText())
+    frames = [obs(np.random.default_rng(10 + i)) for i in range(3)]
+    with pytest.raises(RuntimeError, match="observe"):
+        split.sample_chunk("open the drawer")
+    for frame in frames:  # a node's control ticks: every frame enters the history ...
+        split.observe({**frame, "scene_obs": np.zeros(24)})  # (keys the policy does not use are ignored)
+    assert len(split._frames) == 3
+    for frame in frames[:2]:  # ... as when each frame came with a step()
+        whole.step(frame, "open the drawer")
+    split.seed(7), whole.seed(7)
+    np.testing.assert_array_equal(split.sample_chunk("open the drawer"), whole.predict_chunk(frames[2], "open the drawer"))
+    assert len(split._frames) == 3  # sampling adds no frame
 
 
 def test_missing_observation_key_is_named(checkpoint):

@@ -26,6 +26,7 @@ from ros_nodes.contract import (
     HEADERLESS_TYPES,
     IMAGE_FEATURES,
     JOINT_STATE,
+    SCENE_OBS,
     TCP_POSE,
     ImageSpec,
     load_contract,
@@ -134,6 +135,8 @@ def test_published_state_assembles_to_the_sims_robot_obs(transport: FakeTranspor
     assert np.array_equal(joint_positions(joints, joints_stream.joint_names), robot.joint_positions())
     obs = robot_obs_from(pose, joints, joints_stream.joint_names, width, robot.target.gripper)
     assert np.allclose(obs, robot.robot_obs(), atol=1e-9)
+    scene = transport.sent[CONTRACT.stream(SCENE_OBS).topic][0]  # the sim-only privileged state
+    assert np.array_equal(scene.data, robot.scene_obs()) and scene.data.shape == (24,)
 
 
 def test_a_pose_command_is_applied_at_the_next_step(transport: FakeTransport, robot: SimRobot):
