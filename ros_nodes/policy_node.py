@@ -44,7 +44,6 @@ from ros_nodes.contract import (
     feature_shape,
     load_contract,
 )
-from ros_nodes.contract import QosProfile as ContractQos
 from ros_nodes.convert import (
     TYPESTORE,
     command_to_gripper,
@@ -69,6 +68,7 @@ from ros_nodes.transport.base import (
     Transport,
     check_node_name,
     make_transport,
+    transport_qos,
 )
 from ros_nodes.types import Command, Sample
 from sim.policy import Policy, make_policy
@@ -86,13 +86,6 @@ SERVICE_HANDLERS: dict[str, Callable[[PolicyRunner, str], None]] = {
     "stop": lambda runner, text: runner.stop(text or "stop requested"),
     "set_task": lambda runner, text: runner.set_task(text),
 }
-
-
-def transport_qos(qos: ContractQos, topic: str) -> QosProfile:
-    """The transport's QoS of a contract profile (the transports keep the last ``depth`` only)."""
-    if qos.history != "keep_last":
-        raise ValueError(f"{topic}: QoS history {qos.history!r} is not supported; use keep_last")
-    return QosProfile(qos.depth, Reliability(qos.reliability), Durability(qos.durability))
 
 
 def resolve_name(name: str, node_name: str) -> str:

@@ -28,12 +28,10 @@ from ros_nodes.lifecycle import stop_on_signals, without_ros_args
 from ros_nodes.sim_robot import FINGER_NAMES, IMAGE_SHAPES, JOINT_NAMES, SimRobot
 from ros_nodes.transport.base import (
     TRANSPORT_KINDS,
-    Durability,
     Publisher,
-    QosProfile,
-    Reliability,
     Transport,
     make_transport,
+    transport_qos,
 )
 from ros_nodes.types import Command
 from sim.scene_config import SCENES
@@ -44,13 +42,6 @@ CLOCK_TOPIC = "/clock"
 CAMERA_FRAMES = {"rgb_static": "static_camera", "rgb_gripper": "gripper_camera"}
 DEFAULT_CONTRACT = Path(__file__).resolve().parents[1] / "configs" / "contract" / "playtable.yaml"
 Builder = Callable[[SimRobot, float], Any]
-
-
-def transport_qos(qos: C.QosProfile, topic: str) -> QosProfile:
-    """The transport's QoS for a contract profile (the transports keep the last ``depth`` only)."""
-    if qos.history != "keep_last":
-        raise ValueError(f"{topic}: QoS history {qos.history!r} is not supported; use keep_last")
-    return QosProfile(qos.depth, Reliability(qos.reliability), Durability(qos.durability))
 
 
 # ---- messages of the robot's state --------------------------------------------------------------

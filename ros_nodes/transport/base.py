@@ -114,3 +114,11 @@ def make_transport(kind: str = "auto", *, node_name: str) -> Transport:
     from ros_nodes.transport.dds import DdsTransport
 
     return DdsTransport(node_name)
+
+
+def transport_qos(qos: Any, topic: str) -> QosProfile:
+    """The transport's QoS of a contract profile (``history``, ``depth``, ``reliability``,
+    ``durability`` as lower-case names; the transports keep the last ``depth`` only)."""
+    if qos.history != "keep_last":
+        raise ValueError(f"{topic}: QoS history {qos.history!r} is not supported; use keep_last")
+    return QosProfile(qos.depth, Reliability(qos.reliability), Durability(qos.durability))
