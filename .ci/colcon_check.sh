@@ -7,8 +7,8 @@
 #      share/dream_policy, the node scripts in lib/dream_policy, ament_index_python finds the package;
 #   3. ament_xmllint on package.xml (against Debian's local copy of the format 3 schema), ament_flake8
 #      and ament_pep257 on launch/ and ros_nodes/ (ament's configuration with the project's line
-#      length, 110 as in ruff.toml, and docstring style). Findings in launch/ and package.xml fail the
-#      check; findings in ros_nodes/ are printed but do not fail it yet (STRICT_ROS_NODES=1: they do).
+#      length, 110 as in ruff.toml, and docstring style). Findings in launch/, ros_nodes/ and
+#      package.xml fail the check.
 # Usage: bash .ci/colcon_check.sh   (from anywhere; ~5 s with the packages installed, ~35 s without)
 set -euo pipefail
 
@@ -19,7 +19,6 @@ LINE_LENGTH=110
 # (D213 off; ament already leaves D212 off), summaries may be descriptive ("The ...", D401) and
 # capitalised acronyms start them ("CALVIN's", D403).
 PEP257_IGNORE=(D213 D401 D403)
-STRICT_ROS_NODES="${STRICT_ROS_NODES:-0}"
 # Debian bookworm names (there is no python3-colcon-common-extensions): `colcon` is the command,
 # colcon-ros pulls colcon-core, the setup.py and recursive-crawl extensions and catkin_pkg.
 DEB_PACKAGES=(
@@ -111,20 +110,15 @@ status=0
 step "ament_xmllint package.xml"
 ament_xmllint package.xml || { echo "ament_xmllint: findings in package.xml"; status=1; }
 
-lint() {  # lint <strict 0|1> <paths...>
-    local strict=$1; shift
-    local ok=1
+lint() {  # lint <paths...>
     step "ament_flake8 $*"
-    ament_flake8 --linelength "$LINE_LENGTH" "$@" || ok=0
+    ament_flake8 --linelength "$LINE_LENGTH" "$@" || status=1
     step "ament_pep257 $*"
-    ament_pep257 --add-ignore "${PEP257_IGNORE[@]}" -- "$@" || ok=0
-    if ((ok == 0)); then
-        if ((strict)); then status=1; else echo "(findings in $*: reported, not failing the check yet)"; fi
-    fi
+    ament_pep257 --add-ignore "${PEP257_IGNORE[@]}" -- "$@" || status=1
 }
-lint 1 launch
-lint "$STRICT_ROS_NODES" ros_nodes
+lint launch
+lint ros_nodes
 
 step "done"
-((status == 0)) || fail "linter findings in launch/ or package.xml"
+((status == 0)) || fail "linter findings in launch/, ros_nodes/ or package.xml"
 echo "colcon_check: ok"

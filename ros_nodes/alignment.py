@@ -1,5 +1,7 @@
-"""Observation alignment for the policy node: per-stream buffers of stamped samples, one value per
-stream for a reference time (hold / as-of within a tolerance / drop), and a stale-data gate.
+"""Observation alignment for the policy node.
+
+Per-stream buffers of stamped samples, one value per stream for a reference time (hold / as-of
+within a tolerance / drop), and a stale-data gate.
 
 Pure: times are passed in (ROS clock seconds), never read from a clock.
 """
@@ -42,13 +44,16 @@ class StreamConfig:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"StreamConfig.name must be a non-empty string, got {self.name!r}")
         if self.policy not in POLICIES:
-            raise ValueError(f"StreamConfig({self.name!r}).policy must be one of {POLICIES}, got {self.policy!r}")
+            raise ValueError(f"StreamConfig({self.name!r}).policy must be one of {POLICIES}, "
+                             f"got {self.policy!r}")
         if not isinstance(self.tolerance_s, (int, float)) or not self.tolerance_s >= 0:
-            raise ValueError(f"StreamConfig({self.name!r}).tolerance_s must be >= 0 s, got {self.tolerance_s!r}")
+            raise ValueError(f"StreamConfig({self.name!r}).tolerance_s must be >= 0 s, "
+                             f"got {self.tolerance_s!r}")
         if not isinstance(self.stale_s, (int, float)) or not self.stale_s > 0:
             raise ValueError(f"StreamConfig({self.name!r}).stale_s must be > 0 s, got {self.stale_s!r}")
         if isinstance(self.buffer, bool) or not isinstance(self.buffer, int) or self.buffer < 1:
-            raise ValueError(f"StreamConfig({self.name!r}).buffer must be a positive int, got {self.buffer!r}")
+            raise ValueError(f"StreamConfig({self.name!r}).buffer must be a positive int, "
+                             f"got {self.buffer!r}")
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,12 @@ class Aligned:
 
 @dataclass(frozen=True)
 class Rejected:
-    """No observation: ``stream`` had no usable sample (``missing``) or only one older than its
-    ``stale_s`` (``stale``); ``age``: ``now`` minus the stamp of the sample it would use, or of its
-    newest sample when none is usable (None: no sample yet)."""
+    """No observation: a stream had no usable sample, or only a stale one.
+
+    ``stream`` had no usable sample (``missing``) or only one older than its ``stale_s``
+    (``stale``); ``age``: ``now`` minus the stamp of the sample it would use, or of its newest
+    sample when none is usable (None: no sample yet).
+    """
 
     reason: str  # "missing" | "stale"
     stream: str
@@ -132,11 +140,15 @@ class StreamAligner:
             chosen[name] = sample
         self._consume(chosen)
         self._counts["aligned"] += 1
-        return Aligned(t_ref, {n: s.value for n, s in chosen.items()}, {n: s.stamp for n, s in chosen.items()})
+        return Aligned(t_ref, {n: s.value for n, s in chosen.items()},
+                       {n: s.stamp for n, s in chosen.items()})
 
     def counts(self) -> dict[str, int]:
-        """Diagnostics since construction: ``aligned``, ``rejected/<reason>/<stream>``, ``dropped/<stream>``
-        (samples of ``drop`` streams never used)."""
+        """Diagnostics since construction.
+
+        Keys: ``aligned``, ``rejected/<reason>/<stream>``, ``dropped/<stream>`` (samples of ``drop``
+        streams never used).
+        """
         return dict(self._counts)
 
     def reset(self) -> None:

@@ -1,5 +1,7 @@
-"""Turns action chunks into one command per control tick: delay compensation (actions already past
-when a chunk arrives are skipped) and blending of overlapping chunks.
+"""Turns action chunks into one command per control tick.
+
+Delay compensation (actions already past when a chunk arrives are skipped) and blending of
+overlapping chunks.
 
 A chunk of N absolute commands (N, 7) predicted from the observation at ``t_obs`` holds action ``i``
 over the slot ``[t_obs + i * period_s, t_obs + (i + 1) * period_s)``; a tick at time ``t`` gets the
@@ -23,10 +25,13 @@ SLOT_SLACK = 1e-6
 
 @dataclass(frozen=True)
 class ChunkSchedulerConfig:
-    """``blend`` of overlapping chunks: ``replace`` (the newest wins), ``linear`` (the new chunk fades
-    in over its overlap with the chunks before it), ``exponential`` (ACT's temporal ensembling: the
-    chunks covering a tick, oldest first, weigh ``exp(-ensemble_k * i)``; k > 0 favours older
-    predictions as in ACT, k < 0 newer ones, 0 is the plain mean). The gripper is never blended."""
+    """How the scheduler blends overlapping chunks.
+
+    ``blend``: ``replace`` (the newest wins), ``linear`` (the new chunk fades in over its overlap
+    with the chunks before it), ``exponential`` (ACT's temporal ensembling: the chunks covering a
+    tick, oldest first, weigh ``exp(-ensemble_k * i)``; k > 0 favours older predictions as in ACT,
+    k < 0 newer ones, 0 is the plain mean). The gripper is never blended.
+    """
 
     period_s: float  # control period dt
     blend: str = "linear"
@@ -34,11 +39,13 @@ class ChunkSchedulerConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.period_s, (int, float)) or not 0 < self.period_s < math.inf:
-            raise ValueError(f"ChunkSchedulerConfig.period_s must be a finite period > 0 s, got {self.period_s!r}")
+            raise ValueError("ChunkSchedulerConfig.period_s must be a finite period > 0 s, "
+                             f"got {self.period_s!r}")
         if self.blend not in BLENDS:
             raise ValueError(f"ChunkSchedulerConfig.blend must be one of {BLENDS}, got {self.blend!r}")
         if not isinstance(self.ensemble_k, (int, float)) or not math.isfinite(self.ensemble_k):
-            raise ValueError(f"ChunkSchedulerConfig.ensemble_k must be a finite number, got {self.ensemble_k!r}")
+            raise ValueError("ChunkSchedulerConfig.ensemble_k must be a finite number, "
+                             f"got {self.ensemble_k!r}")
 
 
 @dataclass(frozen=True)
@@ -55,11 +62,14 @@ class ChunkScheduler:
         self._chunks: list[_Chunk] = []  # oldest first; the last one is the newest
 
     def add_chunk(self, t_obs: float, actions: np.ndarray, now: float) -> int:
-        """Schedule ``actions`` (N, 7) predicted from the observation at ``t_obs``, arriving at ``now``;
-        returns how many leading actions were skipped because their slot had already ended."""
+        """Schedule ``actions`` (N, 7) predicted from the observation at ``t_obs``, arriving at ``now``.
+
+        Returns how many leading actions were skipped because their slot had already ended.
+        """
         actions = np.array(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[0] < 1 or actions.shape[1] != 7:
-            raise ValueError(f"actions must be a chunk of shape (N, 7) with N >= 1, got shape {actions.shape}")
+            raise ValueError("actions must be a chunk of shape (N, 7) with N >= 1, "
+                             f"got shape {actions.shape}")
         if not np.isfinite(actions).all():
             raise ValueError("actions must be finite; the chunk holds NaN or inf")
         if not (math.isfinite(t_obs) and math.isfinite(now)):
@@ -79,11 +89,15 @@ class ChunkScheduler:
         return first
 
     def command_at(self, t_tick: float) -> np.ndarray | None:
-        """The (7,) command for the tick at ``t_tick``; None when no chunk covers it or the newest chunk
-        has run out (the node's watchdog then holds the pose)."""
+        """The (7,) command for the tick at ``t_tick``.
+
+        None when no chunk covers it or the newest chunk has run out (the node's watchdog then holds
+        the pose).
+        """
         if not self._chunks or self._slot(self._chunks[-1].t_obs, t_tick) >= len(self._chunks[-1].actions):
             return None
-        covering = [(c, i) for c in self._chunks if c.first <= (i := self._slot(c.t_obs, t_tick)) < len(c.actions)]
+        covering = [(c, i) for c in self._chunks
+                    if c.first <= (i := self._slot(c.t_obs, t_tick)) < len(c.actions)]
         if not covering:
             return None
         newest = covering[-1][0].actions[covering[-1][1]]

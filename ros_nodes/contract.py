@@ -1,5 +1,6 @@
-"""The policy node's contract: which ROS topics feed which observation features, where the action
-goes, and the safety limits, loaded from a YAML file (``configs/contract/*.yaml``) and validated.
+"""The policy node's contract, loaded from a YAML file (``configs/contract/*.yaml``) and validated.
+
+Which ROS topics feed which observation features, where the action goes, and the safety limits.
 
 Every error names the file, the field path (``observations[1].alignment``) and what was expected;
 unknown keys are errors. Each dataclass checks its own values (raising ``FieldError``); the loader
@@ -43,7 +44,8 @@ HEADERLESS_TYPES = (FLOAT64, FLOAT64_ARRAY, STRING)
 
 IMAGE_FEATURES = OBSERVATION_FEATURES[:2]  # rgb_static, rgb_gripper
 # The streams robot_obs is assembled from (the last gripper action is the node's own command).
-TCP_POSE, ARM_JOINT_POSITIONS, GRIPPER_WIDTH = "robot_obs.tcp_pose", "robot_obs.arm_joints", "robot_obs.gripper_width"
+TCP_POSE, ARM_JOINT_POSITIONS, GRIPPER_WIDTH = ("robot_obs.tcp_pose", "robot_obs.arm_joints",
+                                                "robot_obs.gripper_width")
 ARM_JOINTS = 7  # robot_obs[7:14]
 SCENE_OBS = "scene_obs"  # privileged simulator state (24,), sim contracts only
 OPTIONAL_FEATURES = (SCENE_OBS,)
@@ -115,7 +117,8 @@ def _text(name: str, value: Any) -> str:
 
 def _ros_name(name: str, value: Any) -> str:
     if not isinstance(value, str) or not _ROS_NAME.match(value):
-        raise FieldError(name, "a ROS 2 name like /camera/image_raw (letters, digits, _; no digit first)", value)
+        raise FieldError(name, "a ROS 2 name like /camera/image_raw (letters, digits, _; no digit first)",
+                         value)
     return value
 
 
@@ -390,8 +393,11 @@ class _Loader:
 
     def build(self, cls: type, raw: Any, where: str, parsers: Mapping[str, Parser] | None = None,
               fixed: Mapping[str, Any] | None = None) -> Any:
-        """``cls`` from the mapping ``raw``: ``parsers`` turn nested values into dataclasses,
-        ``fixed`` fields are set by the loader and are not keys of the file."""
+        """``cls`` from the mapping ``raw``.
+
+        ``parsers`` turn nested values into dataclasses, ``fixed`` fields are set by the loader and
+        are not keys of the file.
+        """
         parsers, fixed = parsers or {}, fixed or {}
         keys = [f.name for f in fields(cls) if f.name not in fixed]
         if not isinstance(raw, dict):
@@ -426,12 +432,15 @@ class _Loader:
     def stream(self, raw: Any, where: str, stale_s: float) -> Stream:
         parsers = {"qos": self.qos, "alignment": self.alignment,
                    "image": lambda v, w: self.build(ImageSpec, v, w)}
-        return self.build(Stream, {"stale_s": stale_s, **raw} if isinstance(raw, dict) else raw, where, parsers)
+        return self.build(Stream, {"stale_s": stale_s, **raw} if isinstance(raw, dict) else raw, where,
+                          parsers)
 
     def actions(self, raw: Any, where: str) -> Actions:
         mode = raw.get("mode") if isinstance(raw, dict) else None
-        target = self.topic(Topic, COMMAND_MODES.get(mode, POSE_STAMPED) if isinstance(mode, str) else POSE_STAMPED)
-        return self.build(Actions, raw, where, {"target": target, "gripper": self.topic(GripperOutput, FLOAT64)})
+        target = self.topic(Topic, COMMAND_MODES.get(mode, POSE_STAMPED) if isinstance(mode, str)
+                            else POSE_STAMPED)
+        return self.build(Actions, raw, where,
+                          {"target": target, "gripper": self.topic(GripperOutput, FLOAT64)})
 
     def safety(self, raw: Any, where: str) -> Safety:
         return self.build(Safety, raw, where, {"workspace": lambda v, w: self.build(Workspace, v, w),
@@ -447,7 +456,8 @@ class _Loader:
             return tuple(self.stream(s, f"{where}[{i}]", safety.stale_s) for i, s in enumerate(value))
 
         parsers = {"observations": observations, "actions": self.actions, "safety": lambda v, w: safety,
-                   "instruction": self.topic(Topic, STRING), "services": lambda v, w: self.build(Services, v, w)}
+                   "instruction": self.topic(Topic, STRING),
+                   "services": lambda v, w: self.build(Services, v, w)}
         return self.build(Contract, {"name": name, **raw}, "", parsers, {"source": self.source})
 
 

@@ -62,7 +62,8 @@ def _check_shape(rgb: np.ndarray, expected_shape: Sequence[int] | None, source: 
 def image_to_rgb(msg: Any, expected_shape: Sequence[int] | None = None, topic: str = "image") -> np.ndarray:
     """(H, W, 3) uint8 RGB of a sensor_msgs/msg/Image; rows may be padded (``step``).
 
-    ``expected_shape`` is (H, W) or (H, W, 3); errors name ``topic``, the encoding and the size."""
+    ``expected_shape`` is (H, W) or (H, W, 3); errors name ``topic``, the encoding and the size.
+    """
     source = f"{topic} ({msg.encoding}, {msg.height}x{msg.width}, step {msg.step})"
     if msg.encoding not in RAW_ENCODINGS:
         raise ValueError(f"{source}: unsupported encoding; supported: {list(RAW_ENCODINGS)}")
@@ -162,8 +163,11 @@ def pose_to_tcp(msg: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def robot_obs_from(pose_msg: Any, joint_msg: Any, joint_names: Sequence[str], gripper_width: float,
                    last_gripper_action: float) -> np.ndarray:
-    """CALVIN's robot_obs (15,) float64: tcp xyz, tcp XYZ Euler, gripper width, 7 joints, last
-    gripper action (as the play-table: 1 if it was > 0, else -1)."""
+    """CALVIN's robot_obs (15,) float64 from a tcp pose and a joint state message.
+
+    Tcp xyz, tcp XYZ Euler, gripper width, 7 joints, last gripper action (as the play-table: 1 if
+    it was > 0, else -1).
+    """
     position, euler = pose_to_tcp(pose_msg)
     joints = joint_positions(joint_msg, joint_names)
     if joints.shape != (7,):
@@ -177,10 +181,12 @@ def robot_obs_from(pose_msg: Any, joint_msg: Any, joint_names: Sequence[str], gr
 
 def relative_to_command(action: np.ndarray, target_pos: np.ndarray, target_euler: np.ndarray,
                         stamp: float) -> Command:
-    """The absolute Command of a CALVIN relative action (7,), as sim/controller.relative_to_target:
-    clip to [-1, 1], scale by POSITION_STEP / ROTATION_STEP and add onto ``target_pos`` /
+    """The absolute Command of a CALVIN relative action (7,), as sim/controller.relative_to_target.
+
+    Clip to [-1, 1], scale by POSITION_STEP / ROTATION_STEP and add onto ``target_pos`` /
     ``target_euler`` (the previous command's pose; the measured tcp only for the first action);
-    gripper 1 (open) if action[6] > 0, else -1. Non-finite actions raise ValueError."""
+    gripper 1 (open) if action[6] > 0, else -1. Non-finite actions raise ValueError.
+    """
     action = np.asarray(action, dtype=np.float64)
     if action.shape != (7,) or not np.all(np.isfinite(action)):
         raise ValueError(f"a relative action is 7 finite values, got {action.tolist()}")
@@ -206,8 +212,11 @@ def command_to_gripper(command: Command, open_value: float = 1.0, closed_value: 
 
 def command_to_joint_trajectory(positions: np.ndarray, joint_names: Sequence[str], stamp: float,
                                 frame_id: str, time_from_start_s: float) -> Any:
-    """A trajectory_msgs/msg/JointTrajectory with one point: reach ``positions`` (rad, in the order
-    of ``joint_names``) ``time_from_start_s`` after ``stamp`` (stamp 0: when the controller gets it)."""
+    """A trajectory_msgs/msg/JointTrajectory with one point.
+
+    The point reaches ``positions`` (rad, in the order of ``joint_names``) ``time_from_start_s``
+    after ``stamp`` (stamp 0: when the controller gets it).
+    """
     positions = np.asarray(positions, dtype=np.float64)
     if positions.shape != (len(joint_names),) or not np.all(np.isfinite(positions)):
         raise ValueError(f"joint targets must be {len(joint_names)} finite values for {list(joint_names)}, "

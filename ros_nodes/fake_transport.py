@@ -1,5 +1,7 @@
-"""An in-memory Transport for node tests: ``publish`` delivers synchronously, in the publisher's thread,
-to the matching subscriptions of every FakeTransport on the same FakeBus, which keeps what was published.
+"""An in-memory Transport for node tests.
+
+``publish`` delivers synchronously, in the publisher's thread, to the matching subscriptions of
+every FakeTransport on the same FakeBus, which keeps what was published.
 
 As the DDS transport: message types are checked against the typestore, a topic keeps one type, topic
 names are DDS-valid ROS names, and QoS decides matching (a reliable subscription gets nothing from a
@@ -32,13 +34,15 @@ from ros_nodes.transport.dds import dds_topic_name
 
 def qos_compatible(publisher: QosProfile, subscription: QosProfile) -> bool:
     """DDS request/offer matching of reliability and durability."""
-    return not ((subscription.reliability == Reliability.RELIABLE and publisher.reliability == Reliability.BEST_EFFORT)
+    return not ((subscription.reliability == Reliability.RELIABLE
+                 and publisher.reliability == Reliability.BEST_EFFORT)
                 or (subscription.durability == Durability.TRANSIENT_LOCAL
                     and publisher.durability == Durability.VOLATILE))
 
 
 class FakePublisher:
-    def __init__(self, bus: FakeBus, transport: FakeTransport, topic: str, msg_type: str, qos: QosProfile) -> None:
+    def __init__(self, bus: FakeBus, transport: FakeTransport, topic: str, msg_type: str,
+                 qos: QosProfile) -> None:
         self.topic, self.msg_type, self.qos = topic, msg_type, qos
         self.transport = transport
         self.history: deque[Any] = deque(maxlen=qos.depth)  # replayed to late transient_local subscriptions

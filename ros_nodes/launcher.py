@@ -43,8 +43,11 @@ class LaunchError(ValueError):
 
 
 def node_env(domain_id: int | None = None) -> dict[str, str]:
-    """The environment of the node processes: the loopback DDS config unless CYCLONEDDS_URI is set, the
-    domain (``domain_id``, else ROS_DOMAIN_ID, else 0), EGL rendering, unbuffered output."""
+    """The environment of the node processes.
+
+    The loopback DDS config unless CYCLONEDDS_URI is set, the domain (``domain_id``, else
+    ROS_DOMAIN_ID, else 0), EGL rendering, unbuffered output.
+    """
     from ros_nodes.transport.dds import loopback_config
 
     env = dict(os.environ)
@@ -56,16 +59,19 @@ def node_env(domain_id: int | None = None) -> dict[str, str]:
 
 
 class NodeProcess:
-    """``python -m <module> <args>`` in its own session (signals reach it only from here, so the launcher
-    decides the order of shutdown); its output lines go to ``sink`` prefixed ``[name]``, the last ones are
-    kept in ``tail``."""
+    """``python -m <module> <args>`` in its own session.
+
+    Signals reach it only from here, so the launcher decides the order of shutdown; its output lines
+    go to ``sink`` prefixed ``[name]``, the last ones are kept in ``tail``.
+    """
 
     def __init__(self, name: str, module: str, args: Sequence[str], env: dict[str, str],
                  sink: Callable[[str], None] = print) -> None:
         self.name, self._sink = name, sink
         self.tail: deque[str] = deque(maxlen=50)
         self.process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         self._reader = threading.Thread(target=self._read, name=f"{name}-output", daemon=True)
         self._reader.start()
 
@@ -79,8 +85,10 @@ class NodeProcess:
         return self.process.poll() is None
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
-        """SIGINT (the node's clean shutdown), SIGKILL if it is still running after ``timeout_s``;
-        returns the exit code."""
+        """SIGINT (the node's clean shutdown), SIGKILL if it is still running after ``timeout_s``.
+
+        Returns the exit code.
+        """
         if self.running:
             self.process.send_signal(signal.SIGINT)
         try:
@@ -113,11 +121,13 @@ def status_line(diagnostics: dict[str, Any] | None, elapsed_s: float) -> str:
         return f"[up] {elapsed_s:5.1f} s: no diagnostics from the policy node yet"
     loop, counts = diagnostics["loop"], diagnostics["counts"]
     p50 = loop["inference_p50_s"]
-    line = (f"[up] {elapsed_s:5.1f} s: sim time {_seconds(diagnostics['time'])}, task {diagnostics['task']!r}, "
+    line = (f"[up] {elapsed_s:5.1f} s: sim time {_seconds(diagnostics['time'])}, "
+            f"task {diagnostics['task']!r}, "
             f"{'running' if diagnostics['running'] else 'idle'}, last {diagnostics['last_decision']}, "
             f"ticks {loop['ticks']}, chunks {counts.get('chunks', 0)}, "
             f"inference p50 {'-' if p50 is None else f'{p50 * 1e3:.0f} ms'}")
-    return line + (f", last rejection: {diagnostics['last_rejection']}" if diagnostics["last_rejection"] else "")
+    return line + (f", last rejection: {diagnostics['last_rejection']}" if diagnostics["last_rejection"]
+                   else "")
 
 
 def _seconds(value: float | None) -> str:
@@ -134,7 +144,8 @@ def check(target: str, policy: str, ckpt: str | None, contract: str | None, dura
         raise LaunchError(f"policy=checkpoint needs ckpt=FOLDER (a dream-policy train checkpoint); {ckpt!r} "
                           "is not a folder")
     if duration_s is not None and not (isinstance(duration_s, (int, float)) and 0 < duration_s < math.inf):
-        raise LaunchError(f"duration_s must be a number of seconds > 0 (or null: until Ctrl-C), got {duration_s!r}")
+        raise LaunchError("duration_s must be a number of seconds > 0 (or null: until Ctrl-C), "
+                          f"got {duration_s!r}")
     path = Path(contract) if contract else DEFAULT_CONTRACT
     try:
         load_contract(path)
@@ -156,11 +167,12 @@ class Launch:
         self.contract = load_contract(contract)
         self.diagnostics: dict[str, Any] | None = None
         self.transport = DdsTransport("dream_policy_up")
-        self.transport.create_subscription(resolve_name(PolicyNodeConfig.diagnostics_topic, POLICY_NODE), STRING,
-                                           self._on_diagnostics)
-        self.nodes = [NodeProcess("sim", "ros_nodes.sim_node", sim_args(contract, scene, seed, realtime), env, sink),
-                      NodeProcess("policy", "ros_nodes.policy_node", policy_args(contract, policy, ckpt, scene),
-                                  env, sink)]
+        self.transport.create_subscription(resolve_name(PolicyNodeConfig.diagnostics_topic, POLICY_NODE),
+                                           STRING, self._on_diagnostics)
+        self.nodes = [NodeProcess("sim", "ros_nodes.sim_node", sim_args(contract, scene, seed, realtime),
+                                  env, sink),
+                      NodeProcess("policy", "ros_nodes.policy_node",
+                                  policy_args(contract, policy, ckpt, scene), env, sink)]
         self._instruction = None
 
     def _on_diagnostics(self, msg: Any) -> None:
@@ -195,7 +207,8 @@ def up_command(config: Any) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     ckpt = Path(config.ckpt) if config.policy == "checkpoint" else None
-    launch = Launch(contract, config.policy, ckpt, config.scene, config.seed, config.realtime, config.domain_id)
+    launch = Launch(contract, config.policy, ckpt, config.scene, config.seed, config.realtime,
+                    config.domain_id)
     print(f"[up] sim node + policy node ({config.policy}) on ROS_DOMAIN_ID {os.environ['ROS_DOMAIN_ID']}, "
           f"{CLOCK_TOPIC} from the sim; Ctrl-C stops both", flush=True)
     if config.instruction:

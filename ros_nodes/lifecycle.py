@@ -106,9 +106,11 @@ def autostart(node: LifecycleNode) -> LifecycleNode:
 
 
 def stop_on_signals(stop: threading.Event) -> None:
-    """Set ``stop`` on SIGINT and SIGTERM (call from the main thread). The handler sets it from a new
-    thread: the handler runs in the main thread, which may be inside ``stop.wait()`` holding the event's
-    lock, and ``stop.set()`` there would deadlock."""
+    """Set ``stop`` on SIGINT and SIGTERM (call from the main thread).
+
+    The handler sets it from a new thread: the handler runs in the main thread, which may be inside
+    ``stop.wait()`` holding the event's lock, and ``stop.set()`` there would deadlock.
+    """
     def handler(signum: int, frame: object) -> None:
         threading.Thread(target=stop.set, name="stop-signal", daemon=True).start()
 
@@ -117,8 +119,11 @@ def stop_on_signals(stop: threading.Event) -> None:
 
 
 def without_ros_args(argv: list[str]) -> list[str]:
-    """``argv`` without the ``--ros-args ... [--]`` section that ``ros2 run`` / ``ros2 launch`` append
-    (remappings, parameters; the rclpy transport reads them from ``sys.argv`` itself)."""
+    """``argv`` without the ``--ros-args ... [--]`` section that ``ros2 run`` / ``ros2 launch`` append.
+
+    That section holds remappings and parameters; the rclpy transport reads them from ``sys.argv``
+    itself.
+    """
     out, inside = [], False
     for arg in argv:
         if arg == "--ros-args":

@@ -1,5 +1,7 @@
-"""Rolling statistics of the control loop (tick periods, jitter) and of inference latency, for
-diagnostics and the timing benchmark. Pure: tick times are passed in."""
+"""Rolling statistics of the control loop (tick periods, jitter) and of inference latency.
+
+For diagnostics and the timing benchmark. Pure: tick times are passed in.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +35,10 @@ class LoopStats:
         self._ticks = self._inferences = self._dropped = 0
 
     def tick(self, t: float) -> None:
-        """A control tick at time ``t``; a tick earlier than the previous one (a clock reset) only
-        starts a new chain of periods."""
+        """A control tick at time ``t``.
+
+        A tick earlier than the previous one (a clock reset) only starts a new chain of periods.
+        """
         if not math.isfinite(t):
             raise ValueError(f"tick time must be finite, got {t!r}")
         if self._last_tick is not None and t >= self._last_tick:

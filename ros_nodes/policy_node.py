@@ -102,9 +102,11 @@ def _finite(what: str, values: np.ndarray) -> np.ndarray:
 
 
 def message_sample(stream: Stream, msg: Any, received: float) -> Sample:
-    """The Sample a message of ``stream`` gives the runner (headerless ones stamped ``received``); a
-    ValueError names what does not fit the contract. Pose and joint messages are checked here and kept
-    whole for ``robot_obs_from``."""
+    """The Sample a message of ``stream`` gives the runner (headerless ones stamped ``received``).
+
+    A ValueError names what does not fit the contract. Pose and joint messages are checked here and
+    kept whole for ``robot_obs_from``.
+    """
     if stream.type == FLOAT64:
         return Sample(received, _finite(stream.topic, np.array([msg.data], dtype=np.float64)))
     if stream.type == FLOAT64_ARRAY:
@@ -116,7 +118,8 @@ def message_sample(stream: Stream, msg: Any, received: float) -> Sample:
     if stream.feature in IMAGE_FEATURES:
         return Sample(stamp, _image(stream, msg))
     if stream.feature == GRIPPER_WIDTH:
-        return Sample(stamp, _finite(stream.topic, np.array([finger_width(msg, stream.joint_names, stream.topic)])))
+        return Sample(stamp, _finite(stream.topic,
+                                     np.array([finger_width(msg, stream.joint_names, stream.topic)])))
     if stream.feature == TCP_POSE:
         _finite(stream.topic, np.concatenate(pose_to_tcp(msg)))
     else:
@@ -128,7 +131,8 @@ def _image(stream: Stream, msg: Any) -> np.ndarray:
     spec = stream.image
     if stream.type == IMAGE:
         if msg.encoding != spec.encoding:
-            raise ValueError(f"{stream.topic}: encoding {msg.encoding!r}, the contract says {spec.encoding!r}")
+            raise ValueError(f"{stream.topic}: encoding {msg.encoding!r}, "
+                             f"the contract says {spec.encoding!r}")
         rgb = image_to_rgb(msg, (spec.height, spec.width), stream.topic)
     else:
         rgb = compressed_to_rgb(msg, (spec.height, spec.width), stream.topic)
@@ -152,8 +156,10 @@ class Worker(Protocol):
 
 
 class ThreadTimer:
-    """Calls ``callback`` every ``period_s`` on its own thread, on a fixed grid of deadlines: a late tick
-    does not shift the later ones, and ticks missed by more than a period are skipped."""
+    """Calls ``callback`` every ``period_s`` on its own thread, on a fixed grid of deadlines.
+
+    A late tick does not shift the later ones, and ticks missed by more than a period are skipped.
+    """
 
     def __init__(self, period_s: float, callback: Callable[[], Any], name: str = "control-timer") -> None:
         self.period_s, self._callback = period_s, callback
@@ -244,14 +250,18 @@ class PolicyNodeConfig:
                              f"got {error.value!r}") from None
         period = self.diagnostics_period_s
         if isinstance(period, bool) or not isinstance(period, (int, float)) or not 0 < period < math.inf:
-            raise ValueError(f"PolicyNodeConfig.diagnostics_period_s must be a finite number > 0 s, got {period!r}")
+            raise ValueError("PolicyNodeConfig.diagnostics_period_s must be a finite number > 0 s, "
+                             f"got {period!r}")
 
 
 class PolicyNode(LifecycleNode):
-    """on_configure: the policy (``policy_factory()``), subscriptions and publishers; on_activate: the control
-    timer and inference worker; on_deactivate: safe stop, one hold published; on_shutdown: closes the
-    transport. ``clock`` gives ROS time in seconds, the clock of the observation stamps (with
-    ``use_sim_time``: the newest /clock message; nothing is stamped or ticked before the first)."""
+    """The policy node: a lifecycle node that serves a policy under a contract.
+
+    on_configure: the policy (``policy_factory()``), subscriptions and publishers; on_activate: the
+    control timer and inference worker; on_deactivate: safe stop, one hold published; on_shutdown:
+    closes the transport. ``clock`` gives ROS time in seconds, the clock of the observation stamps
+    (with ``use_sim_time``: the newest /clock message; nothing is stamped or ticked before the first).
+    """
 
     def __init__(self, transport: Transport, contract: Contract, policy_factory: Callable[[], Policy],
                  config: PolicyNodeConfig = PolicyNodeConfig(), *, clock: Callable[[], float] = time.time,
@@ -276,7 +286,8 @@ class PolicyNode(LifecycleNode):
     def on_configure(self) -> None:
         if self.contract.actions.mode == "joint_trajectory" and self._ik is None:
             raise ValueError("actions.mode joint_trajectory needs ik= (tcp target, joints) -> joint targets")
-        # latency in ROS time, the time the chunk scheduler skips past actions in (sim time runs at its own pace)
+        # latency in ROS time, the time the chunk scheduler skips past actions in (sim time runs at its
+        # own pace)
         self._runner = PolicyRunner(self.contract, self._policy_factory(), self.config.runner,
                                     latency_clock=lambda: self._now() or 0.0)
         if not self._publishers:  # endpoints live until shutdown: the Transport cannot destroy them
@@ -312,7 +323,8 @@ class PolicyNode(LifecycleNode):
             self._worker.request()
         decision = self._runner.tick(now)
         self._publish(decision)
-        if not 0 <= now - self._diagnostics_at < self.config.diagnostics_period_s:  # due, or the clock went back
+        # due, or the clock went back
+        if not 0 <= now - self._diagnostics_at < self.config.diagnostics_period_s:
             self.publish_diagnostics()
             self._diagnostics_at = now
         return decision
@@ -350,10 +362,12 @@ class PolicyNode(LifecycleNode):
     def _wire(self) -> None:
         transport, contract = self._transport, self.contract
         for stream in contract.observations:
-            transport.create_subscription(self._name(stream.topic), stream.type, partial(self._on_stream, stream),
+            transport.create_subscription(self._name(stream.topic), stream.type,
+                                          partial(self._on_stream, stream),
                                           transport_qos(stream.qos, stream.topic))
         instruction = contract.instruction
-        transport.create_subscription(self._name(instruction.topic), STRING, partial(self._on_text, "instruction"),
+        transport.create_subscription(self._name(instruction.topic), STRING,
+                                      partial(self._on_text, "instruction"),
                                       transport_qos(instruction.qos, instruction.topic))
         for service in SERVICE_HANDLERS:
             transport.create_subscription(self._name(getattr(contract.services, service)), STRING,
@@ -409,7 +423,8 @@ class PolicyNode(LifecycleNode):
                 # stamp 0: the trajectory starts when the controller receives it
                 self._publishers["target"].publish(command_to_joint_trajectory(
                     positions, actions.joint_names, 0.0, actions.frame_id, actions.period_s))
-        self._publishers["gripper"].publish(command_to_gripper(command, actions.gripper.open, actions.gripper.closed))
+        self._publishers["gripper"].publish(command_to_gripper(command, actions.gripper.open,
+                                                               actions.gripper.closed))
 
 
 def _json_safe(value: Any) -> Any:
@@ -424,8 +439,10 @@ def _json_safe(value: Any) -> Any:
 # ---- the process ------------------------------------------------------------------------------------
 
 def serve(node: PolicyNode, stop: threading.Event | None = None) -> None:
-    """Configure and activate ``node``, run until SIGINT / SIGTERM (or ``stop``), then deactivate (a safe
-    stop: the hold is published) and shut down (the transport closes)."""
+    """Configure and activate ``node``, run until SIGINT / SIGTERM (or ``stop``), then wind it down.
+
+    Deactivate (a safe stop: the hold is published), then shut down (the transport closes).
+    """
     stop = stop or threading.Event()
     stop_on_signals(stop)
     try:
@@ -460,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scene", choices=SCENES, default="D", help="play-table scene the expert plans in")
     parser.add_argument("--transport", choices=TRANSPORT_KINDS, default="auto")
     parser.add_argument("--use-sim-time", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"ROS time from {CLOCK_TOPIC} (default: on with the sim contract {SIM_CONTRACTS})")
+                        help=f"ROS time from {CLOCK_TOPIC} "
+                             f"(default: on with the sim contract {SIM_CONTRACTS})")
     parser.add_argument("--node-name", default=PolicyNodeConfig.node_name)
     parser.add_argument("--diagnostics-period", type=float, default=PolicyNodeConfig.diagnostics_period_s,
                         help="seconds of ROS time between diagnostics messages")

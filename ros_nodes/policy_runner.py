@@ -62,10 +62,14 @@ FRAME_BUFFER = 30  # frames kept for an observing policy between inferences (1 s
 
 @dataclass(frozen=True)
 class PolicyRunnerConfig:
-    """``blend`` / ``ensemble_k``: how overlapping chunks blend (ChunkSchedulerConfig); ``refill_ticks``:
-    start the next inference when the newest chunk has at most this many ticks left; ``infer_every``:
-    also once this many control periods have passed since the last one (0: only on refill);
-    ``reference``: the stream whose newest stamp is the observation time (None: the tick time)."""
+    """When the runner infers and how it schedules the chunks.
+
+    ``blend`` / ``ensemble_k``: how overlapping chunks blend (ChunkSchedulerConfig);
+    ``refill_ticks``: start the next inference when the newest chunk has at most this many ticks
+    left; ``infer_every``: also once this many control periods have passed since the last one (0:
+    only on refill); ``reference``: the stream whose newest stamp is the observation time (None: the
+    tick time).
+    """
 
     blend: str = "linear"
     ensemble_k: float = 0.01
@@ -77,7 +81,8 @@ class PolicyRunnerConfig:
         if self.blend not in BLENDS:
             raise ValueError(f"PolicyRunnerConfig.blend must be one of {BLENDS}, got {self.blend!r}")
         if not isinstance(self.ensemble_k, (int, float)) or not math.isfinite(self.ensemble_k):
-            raise ValueError(f"PolicyRunnerConfig.ensemble_k must be a finite number, got {self.ensemble_k!r}")
+            raise ValueError("PolicyRunnerConfig.ensemble_k must be a finite number, "
+                             f"got {self.ensemble_k!r}")
         for name in ("refill_ticks", "infer_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -116,13 +121,19 @@ def _instruction(text: Any) -> str:
 
 
 def observes(policy: Policy) -> bool:
-    """Whether ``policy`` takes frames one by one (``observe``) and samples from its history (``sample_chunk``)."""
+    """Whether ``policy`` takes frames one by one and samples from its history.
+
+    That is, whether it has both ``observe`` and ``sample_chunk``.
+    """
     return callable(getattr(policy, "observe", None)) and callable(getattr(policy, "sample_chunk", None))
 
 
 class PolicyRunner:
-    """Runs ``policy`` under a contract: ``observe`` every tick + ``sample_chunk`` when it has them, else
-    ``predict_chunk``, else ``step`` (its action, then its target held)."""
+    """Runs ``policy`` under a contract.
+
+    ``observe`` every tick + ``sample_chunk`` when it has them, else ``predict_chunk``, else ``step``
+    (its action, then its target held).
+    """
 
     def __init__(self, contract: Contract, policy: Policy, config: PolicyRunnerConfig = PolicyRunnerConfig(),
                  latency_clock: Callable[[], float] = time.perf_counter) -> None:
@@ -225,8 +236,11 @@ class PolicyRunner:
     # ---- inference --------------------------------------------------------------------------------
 
     def inference_due(self, now: float) -> bool:
-        """Whether to start an inference now: running and no chunk, or the newest one is about to run out,
-        or ``infer_every`` periods have passed."""
+        """Whether to start an inference now.
+
+        Yes when running and there is no chunk, or the newest one is about to run out, or
+        ``infer_every`` periods have passed.
+        """
         with self._lock:
             if not self._running:
                 return False
@@ -239,8 +253,11 @@ class PolicyRunner:
                 every > 0 and _slot(self._last_infer_at, now, self._period) >= every)
 
     def infer(self, now: float) -> int | None:
-        """Run the policy on the newest aligned observation and schedule its chunk; returns how many leading
-        actions were skipped as already past, or None when no chunk was added (see diagnostics)."""
+        """Run the policy on the newest aligned observation and schedule its chunk.
+
+        Returns how many leading actions were skipped as already past, or None when no chunk was
+        added (see diagnostics).
+        """
         with self._lock:
             request = self._prepare(now)
         if request is None:
@@ -304,8 +321,11 @@ class PolicyRunner:
             self._last_frame_t = frame[0]
 
     def _observation_time(self, now: float) -> float:
-        """The aligner's reference time: ``now``, or the reference stream's newest stamp (inf before one,
-        so that the aligner reports the missing stream)."""
+        """The aligner's reference time.
+
+        ``now``, or the reference stream's newest stamp (inf before one, so that the aligner reports
+        the missing stream).
+        """
         if self.config.reference is None:
             return now
         reference = self._newest.get(self.config.reference)
@@ -354,8 +374,11 @@ class PolicyRunner:
     # ---- control tick -----------------------------------------------------------------------------
 
     def tick(self, now: float, current_pose: Command | None = None) -> Decision:
-        """What to publish at the control tick ``now``; ``current_pose``: the measured tcp pose with the
-        last gripper action (default: the newest tcp pose sample)."""
+        """What to publish at the control tick ``now``.
+
+        ``current_pose``: the measured tcp pose with the last gripper action (default: the newest tcp
+        pose sample).
+        """
         with self._lock:
             self._stats.tick(now)
             proposal = None
@@ -423,8 +446,11 @@ class PolicyRunner:
                 sample.value, self._streams[ARM_JOINT_POSITIONS].joint_names)
 
     def diagnostics(self) -> dict[str, Any]:
-        """Loop timing and inference latency, counters (chunks, dropped, malformed messages), alignment and
-        safety statistics, and the last reason something was rejected."""
+        """Loop timing, inference latency, counters, alignment and safety statistics.
+
+        Counters: chunks, dropped and malformed messages; also the last reason something was
+        rejected.
+        """
         with self._lock:
             return {
                 "task": self._task, "running": self._running, "stopped": self._safety.stopped,
@@ -436,9 +462,12 @@ class PolicyRunner:
 
 
 def _hold_after(action: np.ndarray) -> np.ndarray:
-    """A step() action as a chunk: the action, then ``STEP_HOLD_TICKS`` actions that keep its target (no
-    motion, same gripper), as CALVIN's controller keeps a target until the next action. A chunk of the
-    action alone would cover one slot only, which has passed by the time an asynchronous inference lands."""
+    """A step() action as a chunk.
+
+    The action, then ``STEP_HOLD_TICKS`` actions that keep its target (no motion, same gripper), as
+    CALVIN's controller keeps a target until the next action. A chunk of the action alone would
+    cover one slot only, which has passed by the time an asynchronous inference lands.
+    """
     if action.shape != (7,):
         return action  # refused by the shape check of _predict
     hold = np.zeros((STEP_HOLD_TICKS, 7))

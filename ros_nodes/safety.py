@@ -1,6 +1,9 @@
-"""Safety layer between the policy and the command publisher (plain Python, no ROS): a stop latch,
-a gate for non-finite and stale actions, a watchdog that holds the last commanded pose, a workspace
-clamp and per-tick step limits. The node calls ``SafetyFilter.filter`` once per control tick."""
+"""Safety layer between the policy and the command publisher (plain Python, no ROS).
+
+A stop latch, a gate for non-finite and stale actions, a watchdog that holds the last commanded
+pose, a workspace clamp and per-tick step limits. The node calls ``SafetyFilter.filter`` once per
+control tick.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +80,10 @@ def clamp_to_workspace(position: np.ndarray, low: np.ndarray, high: np.ndarray) 
 
 
 def limit_translation(start: np.ndarray, target: np.ndarray, max_step: float) -> tuple[np.ndarray, bool]:
-    """Target moved onto the segment from start so the step is at most max_step (Euclidean, same direction)."""
+    """Target moved onto the segment from start so the step is at most max_step.
+
+    The step is Euclidean and keeps its direction; the flag says whether it was limited.
+    """
     start, target = np.asarray(start, dtype=np.float64), np.asarray(target, dtype=np.float64)
     delta = target - start
     length = float(np.linalg.norm(delta))
@@ -136,7 +142,10 @@ class SafetyFilter:
         return self._stop_reason is not None
 
     def stop(self, reason: str) -> None:
-        """Latch a stop (the immediate-stop service): every tick holds the last commanded pose until release()."""
+        """Latch a stop, for the immediate-stop service.
+
+        Every tick holds the last commanded pose until release().
+        """
         if self._stop_reason is None:
             self._stop_reason = reason
             self._counts["stops"] += 1
@@ -146,8 +155,11 @@ class SafetyFilter:
         self.stop("safe stop")
 
     def release(self) -> None:
-        """Unlatch and start afresh (call on activate): the last commanded pose is forgotten, so the next
-        steps are limited relative to the measured pose, and the watchdog counts from the next tick."""
+        """Unlatch and start afresh (call on activate).
+
+        The last commanded pose is forgotten, so the next steps are limited relative to the measured
+        pose, and the watchdog counts from the next tick.
+        """
         self._stop_reason = None
         self._last_commanded = None
         self._watch_since = None
@@ -213,5 +225,6 @@ class SafetyFilter:
             return self._last_commanded
         _check_shapes("current", current)
         if not np.isfinite(current.as_array()).all():
-            raise ValueError(f"current pose must be finite to hold or limit steps from, got {current.as_array()}")
+            raise ValueError("current pose must be finite to hold or limit steps from, "
+                             f"got {current.as_array()}")
         return current

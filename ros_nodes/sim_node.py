@@ -128,7 +128,8 @@ class SimNode:
             (s.feature, transport.create_publisher(s.topic, s.type, transport_qos(s.qos, s.topic)),
              _stream_builder(s, actions.frame_id))
             for s in contract.observations]
-        self._clock = transport.create_publisher(clock_topic, "rosgraph_msgs/msg/Clock") if clock_topic else None
+        self._clock = (transport.create_publisher(clock_topic, "rosgraph_msgs/msg/Clock")
+                       if clock_topic else None)
         self._lock = threading.Lock()
         self._pose: tuple[float, np.ndarray, np.ndarray] | None = None  # newest unapplied (stamp, pos, euler)
         self._gripper: float | None = None  # newest unapplied gripper command, as -1 / 1
@@ -212,9 +213,11 @@ class SimNode:
 
     def spin(self, rate_hz: float | None = None, stop_event: threading.Event | None = None,
              max_steps: int | None = None) -> int:
-        """Publish the current state, then tick until ``stop_event`` is set (or ``max_steps`` ticks),
-        paced at ``rate_hz`` ticks per wall-clock second (1 / period: real time; None: no pacing).
-        A tick that runs late restarts the schedule instead of bursting to catch up. Returns ticks."""
+        """Publish the current state, then tick until ``stop_event`` is set (or ``max_steps`` ticks).
+
+        Ticks are paced at ``rate_hz`` per wall-clock second (1 / period: real time; None: no pacing).
+        A tick that runs late restarts the schedule instead of bursting to catch up. Returns ticks.
+        """
         if rate_hz is not None and rate_hz <= 0:
             raise ValueError(f"rate_hz must be > 0 (or None for no pacing), got {rate_hz}")
         if max_steps is not None and max_steps < 0:

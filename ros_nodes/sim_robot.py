@@ -1,5 +1,7 @@
-"""The MuJoCo play-table as a robot (no ROS): an absolute Cartesian target that the arm tracks, one
-physics step per control tick (30 Hz), and the observations a robot driver would publish.
+"""The MuJoCo play-table as a robot (no ROS).
+
+An absolute Cartesian target that the arm tracks, one physics step per control tick (30 Hz), and
+the observations a robot driver would publish.
 
 The target is held between commands (``apply(None)``), so a silent controller never sends the arm
 towards zeros. Images are rendered on demand, at most once per tick, in the thread that asks first
@@ -50,8 +52,11 @@ class SimRobot:
 
     # ---- control ---------------------------------------------------------------------------------
     def reset(self, state: Mapping[str, np.ndarray] | None = None) -> None:
-        """Reset to ``state`` ({robot_obs (15,), scene_obs (24,)}, either optional): CALVIN's neutral
-        robot and a scene drawn from the seeded generator where missing; the target is the reached pose."""
+        """Reset to ``state`` ({robot_obs (15,), scene_obs (24,)}, either optional).
+
+        CALVIN's neutral robot and a scene drawn from the seeded generator where missing; the target
+        is the reached pose.
+        """
         state = dict(state or {})
         unknown = sorted(set(state) - set(STATE_KEYS))
         if unknown:
@@ -69,7 +74,8 @@ class SimRobot:
             return
         target = np.asarray(command.as_array(), dtype=np.float64)
         if target.shape != (7,) or not np.all(np.isfinite(target)):
-            raise ValueError(f"command must be finite position (3), euler (3), gripper, got {target.tolist()}")
+            raise ValueError("command must be finite position (3), euler (3), gripper, "
+                             f"got {target.tolist()}")
         self._target = target
 
     def step(self) -> None:
@@ -135,11 +141,14 @@ class SimRobot:
         return self.env.physics.gripper_width()
 
     def robot_obs(self) -> np.ndarray:
-        """CALVIN's robot_obs (15,) of the current state."""
+        """CALVIN's robot_obs, shape (15,), of the current state."""
         return self.env.physics.robot_obs()
 
     def scene_obs(self) -> np.ndarray:
-        """CALVIN's scene_obs (24,) of the current state: privileged simulator state, no robot has it."""
+        """CALVIN's scene_obs, shape (24,), of the current state.
+
+        Privileged simulator state: no robot has it.
+        """
         return self.env.physics.scene_obs()
 
     # ---- task oracle -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Plain data that the ROS-side classes exchange (no ROS, no torch): stamped samples of observation
-streams and the commands the policy node sends to the robot.
+"""Plain data that the ROS-side classes exchange (no ROS, no torch).
+
+Stamped samples of observation streams and the commands the policy node sends to the robot.
 
 Conventions (CALVIN's, as the policy and the play-table use them):
 - times are seconds (float, the ROS clock: ``header.stamp`` as ``sec + nanosec * 1e-9``);
@@ -45,5 +46,6 @@ class Command:
     def from_array(cls, stamp: float, values: np.ndarray) -> Command:
         values = np.asarray(values, dtype=np.float64)
         if values.shape != (7,):
-            raise ValueError(f"a command is 7 values (position 3, euler 3, gripper 1), got shape {values.shape}")
+            raise ValueError("a command is 7 values (position 3, euler 3, gripper 1), "
+                             f"got shape {values.shape}")
         return cls(stamp, values[:3].copy(), values[3:6].copy(), float(values[6]))

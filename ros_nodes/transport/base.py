@@ -1,6 +1,7 @@
-"""What node code programs against: a publish/subscribe transport for ROS 2 topics whose messages are
-rosbags typestore objects (``typestore.types['sensor_msgs/msg/Image'](...)``), with two backends: plain
-DDS (``dds``, no ROS install) and rclpy (``rclpy_backend``, on machines with ROS 2).
+"""What node code programs against: a publish/subscribe transport for ROS 2 topics.
+
+Messages are rosbags typestore objects (``typestore.types['sensor_msgs/msg/Image'](...)``); two
+backends: plain DDS (``dds``, no ROS install) and rclpy (``rclpy_backend``, on machines with ROS 2).
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def message_type_name(msg_type: str | type, typestore: Typestore) -> str:
 
 def check_node_name(node_name: str) -> str:
     if not _NODE_NAME.match(node_name):
-        raise ValueError(f"node_name must be letters, digits and underscores, not starting with a digit: {node_name!r}")
+        raise ValueError("node_name must be letters, digits and underscores, not starting with a digit: "
+                         f"{node_name!r}")
     return node_name
 
 
@@ -117,8 +119,11 @@ def make_transport(kind: str = "auto", *, node_name: str) -> Transport:
 
 
 def transport_qos(qos: Any, topic: str) -> QosProfile:
-    """The transport's QoS of a contract profile (``history``, ``depth``, ``reliability``,
-    ``durability`` as lower-case names; the transports keep the last ``depth`` only)."""
+    """The transport's QoS of a contract profile.
+
+    ``history``, ``depth``, ``reliability``, ``durability`` as lower-case names; the transports
+    keep the last ``depth`` only.
+    """
     if qos.history != "keep_last":
         raise ValueError(f"{topic}: QoS history {qos.history!r} is not supported; use keep_last")
     return QosProfile(qos.depth, Reliability(qos.reliability), Durability(qos.durability))

@@ -100,7 +100,8 @@ def ros_domain_id() -> int:
 def dds_topic_name(topic: str) -> str:
     """``/a/b`` or ``a/b`` -> ``rt/a/b``."""
     if not _TOPIC_NAME.match(topic):
-        raise ValueError(f"topic must be a ROS name like '/camera/image' (no '~' or substitutions), got {topic!r}")
+        raise ValueError("topic must be a ROS name like '/camera/image' (no '~' or substitutions), "
+                         f"got {topic!r}")
     return "rt/" + topic.lstrip("/")
 
 
@@ -177,7 +178,8 @@ class IdlTypes:
             element, to, back = _base_type(element_arg), _to_bytes, _from_bytes
         else:
             dtype = numpy_dtype(element_arg[0])
-            element, to, back = _base_type(element_arg), partial(_to_list, dtype), partial(np.array, dtype=dtype)
+            element, to, back = (_base_type(element_arg), partial(_to_list, dtype),
+                                 partial(np.array, dtype=dtype))
         if node == Nodetype.ARRAY:
             return idl.array[element, size], to, back
         return (idl.sequence[element, size] if size else idl.sequence[element]), to, back
@@ -273,7 +275,8 @@ class DdsPublisher:
 
 
 class DdsSubscription:
-    def __init__(self, topic: str, reader: DataReader, binding: IdlBinding, callback: MessageCallback) -> None:
+    def __init__(self, topic: str, reader: DataReader, binding: IdlBinding,
+                 callback: MessageCallback) -> None:
         self.topic = topic
         self.condition = ReadCondition(reader, SampleState.Any | ViewState.Any | InstanceState.Any)
         self._reader = reader
@@ -298,7 +301,8 @@ class DdsSubscription:
 class DdsTransport:
     """One DDS participant (the "node"); callbacks of all its subscriptions run on one dispatch thread."""
 
-    def __init__(self, node_name: str, domain_id: int | None = None, typestore: Typestore | None = None) -> None:
+    def __init__(self, node_name: str, domain_id: int | None = None,
+                 typestore: Typestore | None = None) -> None:
         self.node_name = check_node_name(node_name)
         self._types = idl_types(typestore or ros_typestore())
         domain_id = ros_domain_id() if domain_id is None else domain_id
@@ -321,7 +325,8 @@ class DdsTransport:
 
     def create_publisher(self, topic: str, msg_type: str | type, qos: QosProfile = DEFAULT) -> DdsPublisher:
         dds_topic, binding = self._topic(topic, msg_type)
-        writer = DataWriter(self._participant, dds_topic, qos=dds_qos(qos, binding.msg_type, self._types.typestore))
+        writer = DataWriter(self._participant, dds_topic,
+                            qos=dds_qos(qos, binding.msg_type, self._types.typestore))
         self._publishers.append(DdsPublisher(topic, writer, binding))
         return self._publishers[-1]
 
@@ -329,7 +334,8 @@ class DdsTransport:
         self, topic: str, msg_type: str | type, callback: MessageCallback, qos: QosProfile = DEFAULT
     ) -> DdsSubscription:
         dds_topic, binding = self._topic(topic, msg_type)
-        reader = DataReader(self._participant, dds_topic, qos=dds_qos(qos, binding.msg_type, self._types.typestore))
+        reader = DataReader(self._participant, dds_topic,
+                            qos=dds_qos(qos, binding.msg_type, self._types.typestore))
         subscription = DdsSubscription(topic, reader, binding, callback)
         self._subscriptions.append(subscription)
         self._waitset.attach(subscription.condition)
@@ -355,7 +361,8 @@ class DdsTransport:
         if name not in self._topics:
             self._topics[name] = (Topic(self._participant, name, binding.idl_cls), binding)
         elif self._topics[name][1] is not binding:
-            raise ValueError(f"topic {topic} has type {self._topics[name][1].msg_type}, not {binding.msg_type}")
+            raise ValueError(f"topic {topic} has type {self._topics[name][1].msg_type}, "
+                             f"not {binding.msg_type}")
         return self._topics[name]
 
     def _dispatch(self) -> None:

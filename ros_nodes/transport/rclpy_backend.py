@@ -1,5 +1,7 @@
-"""The transport over rclpy, for machines with ROS 2: rosbags message objects are copied field by field
-into the rclpy message classes and back. Not tested in CI (there is no ROS 2 install there).
+"""The transport over rclpy, for machines with ROS 2.
+
+Rosbags message objects are copied field by field into the rclpy message classes and back. Not
+tested in CI (there is no ROS 2 install there).
 
 Known limits: ``byte``/``char`` fields are passed through as rosbags holds them (ints), while rclpy wants
 bytes/str; no standard message this project uses has them. ``close()`` destroys the node but leaves the
