@@ -154,7 +154,7 @@ def test_the_shipped_checkpoint_drives_the_sim(domain: dict[str, str], probe: Pr
                         f"{chunk_s * 1e3:.0f} ms: this machine is too busy to run the checkpoint in real time")
         assert moved > 0.02, f"the arm moved {moved:.3f} m only"
         assert diagnostics["running"] and not diagnostics["stopped"] and diagnostics["counts"]["chunks"] > 50
-        assert len(probe.targets) > 100 and not nodes.exited()
+        assert len(probe.targets) > 30 and not nodes.exited()  # > 1 s of 30 Hz commands (success can end it early)
     finally:
         codes = nodes.stop()
     assert codes == [0, 0], output[-20:]
