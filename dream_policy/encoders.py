@@ -175,6 +175,14 @@ class VisionConfig:
         return self.image_size // self.patch
 
 
+def resize_image(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, H, W) floats in [0, 1] -> (B, 3, size, size): bilinear with antialiasing; identity at
+    that size already (packed datasets store images resized by this, see ``data.packed``)."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
     """Translate each image of (B, C, S, S) by a random whole-pixel offset in [-pad, pad] (edges replicated)."""
     B, _, S, _ = x.shape
@@ -209,9 +217,7 @@ class ImagePreprocessor(nn.Module):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
         x = images.float() / 255.0  # (B, 3, H, W)
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
-                              align_corners=False)
+        x = resize_image(x, self.size)
         if self.training and self.shift:
             x = random_shift(x, self.shift)
         if self.training and self.color:

@@ -11,13 +11,35 @@ from typing import Any
 import torch
 
 
-def _datasets(cfg: Mapping[str, Any], history: int, chunk: int) -> tuple[Any, Any, Any]:
+def _packed_datasets(cfg: Mapping[str, Any], root: Path, model_cfg: Any, device: torch.device) -> tuple[Any, Any, Any]:
+    """Datasets from a packed copy (``dream-policy pack``), on the training device when it is a GPU
+    and ``data_device`` is auto (every batch is then a few gathers on the GPU)."""
+    from dream_policy.data.packed import PackedWindowDataset
+
+    where = str(cfg.get("data_device") or "auto")
+    if where not in ("auto", "cpu"):
+        raise ValueError(f"data_device must be 'auto' or 'cpu', got {where!r}")
+    common = {"history": model_cfg.backbone.history, "chunk": model_cfg.chunk, "forecast_n": int(cfg["forecast_n"]),
+              "device": device if where == "auto" else "cpu", "image_size": model_cfg.vision.image_size,
+              "target_size": model_cfg.world.target_size}
+    train = PackedWindowDataset(root, "training", **common)
+    val = None
+    if (root / "validation").is_dir():
+        val = PackedWindowDataset(root, "validation", normalizer=train.normalizer, **common)
+    return train, val, train.normalizer
+
+
+def _datasets(cfg: Mapping[str, Any], model_cfg: Any) -> tuple[Any, Any, Any]:
     from dream_policy.data.loader import CalvinWindowDataset
+    from dream_policy.data.packed import is_packed
     from dream_policy.trainer import init_distributed
 
     ctx = init_distributed()
     rank, world = ctx.rank, ctx.world_size
     root = Path(str(cfg["data"]))
+    if is_packed(root):
+        return _packed_datasets(cfg, root, model_cfg, ctx.device)
+    history, chunk = model_cfg.backbone.history, model_cfg.chunk
     common = {"history": history, "chunk": chunk, "forecast_n": int(cfg["forecast_n"]), "rank": rank,
               "world_size": world, "seed": int(cfg["trainer"]["seed"]), "shuffle_buffer": cfg.get("shuffle_buffer")}
     stats = Path(cfg["trainer"]["out_dir"]) / "normalization_stats.json"
@@ -44,7 +66,7 @@ def train_command(cfg: Mapping[str, Any]) -> None:
     else:
         plain = OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else dict(model)
         model_cfg = DreamVLAConfig.from_dict(plain)
-    train, val, normalizer = _datasets(cfg, model_cfg.backbone.history, model_cfg.chunk)
+    train, val, normalizer = _datasets(cfg, model_cfg)
     trainer_cfg = TrainerConfig.from_dict(OmegaConf.to_container(cfg["trainer"], resolve=True))
     full = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     full["model_config"] = model_cfg.to_dict()

@@ -133,11 +133,15 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        shadow, current = [], []
         for key, value in model.state_dict().items():
             if value.dtype.is_floating_point:
-                self.shadow[key].lerp_(value.detach(), 1.0 - decay)
+                shadow.append(self.shadow[key])
+                current.append(value.detach())
             else:
                 self.shadow[key].copy_(value)
+        if shadow:  # one fused update instead of a kernel per tensor (matters on GPUs)
+            torch._foreach_lerp_(shadow, current, 1.0 - decay)
 
     def load(self, shadow: Mapping[str, torch.Tensor], updates: int) -> None:
         missing = sorted(set(self.shadow) - set(shadow))
@@ -406,6 +410,7 @@ class Trainer:
         self._pending_rng: dict[str, Any] | None = None
         self._resumed = resume is not None
         self.log: MetricsLog | None = None
+        self._fit_completed = False
         if resume is not None:
             self._restore(resume)
 
@@ -421,9 +426,13 @@ class Trainer:
                                    shuffle=train, start=start * self.config.batch_size)
         # A private generator: creating a loader must not draw from the global torch RNG.
         generator = torch.Generator().manual_seed(self.config.seed + 7919 * epoch + 104729 * self.ctx.rank)
-        return DataLoader(dataset, self.config.batch_size, sampler=sampler, num_workers=self.config.num_workers,
-                          collate_fn=self.collate, drop_last=train, generator=generator,
-                          pin_memory=self.ctx.device.type == "cuda")
+        # Datasets that build whole batches (``__getitems__`` + ``collate``, e.g. data.packed) may hold
+        # them on the GPU already: those run in this process and need no pinned copies.
+        on_gpu = getattr(getattr(dataset, "device", None), "type", "cpu") != "cpu"
+        return DataLoader(dataset, self.config.batch_size, sampler=sampler,
+                          num_workers=0 if on_gpu else self.config.num_workers,
+                          collate_fn=self.collate or getattr(dataset, "collate", None), drop_last=train,
+                          generator=generator, pin_memory=self.ctx.device.type == "cuda" and not on_gpu)
 
     def _batches(self) -> Iterator[Any]:
         """Training batches forever, tracking (epoch, batches_in_epoch); resumes mid-epoch."""
@@ -480,6 +489,7 @@ class Trainer:
                 self.save()
             if self.log is not None:
                 self.log.plot()
+            self._fit_completed = True
         finally:
             bar.close()
             batches.close()
@@ -610,6 +620,9 @@ class Trainer:
         self.last_checkpoint, self._saved_step = path, self.global_step
 
     def close(self) -> None:
-        """Leave the process group (if one is up)."""
+        """Leave the process group (if one is up). After a completed fit() the ranks first meet at a
+        barrier: a rank tearing gloo down while another still talks to it can abort the process."""
         if dist.is_available() and dist.is_initialized():
+            if self._fit_completed:
+                dist.barrier()
             dist.destroy_process_group()

@@ -1,0 +1,161 @@
+"""Tests for dream_policy.data.packed: the packed copy serves the streaming loader's samples."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_data_loader import make_split
+from torch.utils.data import DataLoader
+
+from dream_policy.data.loader import TARGET_NAMES, CalvinWindowDataset
+from dream_policy.data.packed import (
+    PackedDataError,
+    PackedWindowDataset,
+    is_packed,
+    pack_dataset,
+    resize_images,
+)
+from dream_policy.encoders import ImagePreprocessor, VisionConfig
+from dream_policy.world_heads import resize_target
+
+IMAGE, TARGET, FORECAST = 32, 16, 2
+WINDOW = {"history": 3, "chunk": 4, "forecast_n": FORECAST}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("calvin")
+    make_split(root / "training")
+    make_split(root / "validation", seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def packed(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("packed") / "data"
+    pack_dataset(source, out, IMAGE, TARGET, FORECAST, workers=2)
+    return out
+
+
+def test_pack_writes_every_split_with_its_meta(source: Path, packed: Path) -> None:
+    assert is_packed(packed) and is_packed(packed, "validation") and not is_packed(source)
+    meta = json.loads((packed / "training" / "packed.json").read_text())
+    assert meta["frames"] == 60 and meta["image_size"] == IMAGE and meta["forecast_n"] == FORECAST
+    assert set(meta["targets"]) == set(TARGET_NAMES)
+    assert np.load(packed / "training" / "rgb_static.npy", mmap_mode="r").shape == (60, IMAGE, IMAGE, 3)
+    assert not (packed.parent / "data.packing").exists()
+
+
+def test_packed_samples_equal_the_streamed_samples_resized(source: Path, packed: Path) -> None:
+    stream = CalvinWindowDataset(source, "training", **WINDOW)
+    pack = PackedWindowDataset(packed, "training", **WINDOW)
+    np.testing.assert_array_equal(pack.samples, stream.samples)
+    np.testing.assert_allclose(pack.normalizer.obs_mean, stream.normalizer.obs_mean, rtol=1e-6)
+    np.testing.assert_allclose(pack.normalizer.obs_std, stream.normalizer.obs_std, rtol=1e-6)
+    for i in (0, 7, len(stream) - 1):
+        a, b = stream.sample(i), pack[i]
+        assert (a["frame_id"], a["episode"], a["ann_index"]) == (b["frame_id"], b["episode"], b["ann_index"])
+        torch.testing.assert_close(b["lang_emb"], a["lang_emb"])
+        torch.testing.assert_close(b["actions"], a["actions"])
+        torch.testing.assert_close(b["history"]["robot_obs"], a["history"]["robot_obs"], rtol=1e-5, atol=1e-5)
+        for key in ("rgb_static", "rgb_gripper"):
+            want = resize_images(a["history"][key].permute(0, 2, 3, 1).numpy(), IMAGE)  # (T, S, S, 3)
+            assert torch.equal(b["history"][key], torch.from_numpy(want).permute(0, 3, 1, 2))
+        assert b["has_target"] == a["has_target"]
+        for name, target in a["targets"].items():
+            kind = name.split("_")[0]
+            mode = "area" if kind == "dynamic" else "nearest"
+            want = resize_target(target[None], TARGET, mode)[0]
+            torch.testing.assert_close(b["targets"][name].float(), want, atol=1e-3, rtol=1e-3)
+
+
+def test_resized_images_match_the_vision_preprocessor(source: Path, packed: Path) -> None:
+    """What the model sees from a packed image differs from the full-resolution path only by rounding."""
+    stream = CalvinWindowDataset(source, "training", **WINDOW)
+    pack = PackedWindowDataset(packed, "training", **WINDOW)
+    prep = ImagePreprocessor(VisionConfig(image_size=IMAGE)).eval()
+    full = prep(stream.sample(3)["history"]["rgb_static"])
+    small = prep(pack[3]["history"]["rgb_static"])
+    assert (full - small).abs().max() < 0.5 / 255 / 0.22 + 1e-6  # half a grey level over the smallest std
+
+
+def test_batches_are_gathered_whole_and_equal_single_samples(packed: Path) -> None:
+    pack = PackedWindowDataset(packed, "training", **WINDOW)
+    loader = DataLoader(pack, batch_size=5, shuffle=False, collate_fn=pack.collate)
+    batch = next(iter(loader))
+    assert batch["history"]["rgb_static"].shape == (5, 3, 3, IMAGE, IMAGE)
+    assert batch["history"]["rgb_static"].dtype == torch.uint8
+    assert batch["actions"].shape == (5, 4, 7) and batch["has_target"]["seg_static"].shape == (5,)
+    for i in range(5):
+        one = pack[i]
+        assert torch.equal(batch["history"]["rgb_gripper"][i], one["history"]["rgb_gripper"])
+        assert torch.equal(batch["targets"]["depth_static"][i], one["targets"]["depth_static"])
+
+
+def test_loader_workers_reopen_the_memory_maps(packed: Path) -> None:
+    pack = PackedWindowDataset(packed, "training", **WINDOW)
+    pack[0]  # opens the maps in this process
+    batches = list(DataLoader(pack, batch_size=8, num_workers=2, collate_fn=pack.collate))
+    assert sum(len(b["sample_id"]) for b in batches) == len(pack)
+    assert torch.equal(torch.cat([b["sample_id"] for b in batches]), torch.arange(len(pack)))
+
+
+def test_no_forecast_means_no_targets_and_no_language_means_every_window(packed: Path) -> None:
+    pack = PackedWindowDataset(packed, "training", history=2, chunk=2, forecast_n=0, language=False)
+    sample = pack[0]
+    assert sample["targets"] == {} and not any(sample["has_target"].values()) and "lang_emb" not in sample
+    assert len(pack) == 2 * (30 - 2)  # two episodes of 30 frames, windows of 1 before and 1 after
+
+
+def test_mismatches_and_damage_are_clear_errors(packed: Path, tmp_path: Path) -> None:
+    with pytest.raises(PackedDataError, match="forecast_n=2, asked for forecast_n=3"):
+        PackedWindowDataset(packed, "training", history=3, chunk=4, forecast_n=3)
+    with pytest.raises(PackedDataError, match="image_size=32, but the model uses image_size=64"):
+        PackedWindowDataset(packed, "training", **WINDOW, image_size=64)
+    with pytest.raises(PackedDataError, match="not a packed split"):
+        PackedWindowDataset(tmp_path, None, **WINDOW)
+    broken = tmp_path / "broken"
+    shutil.copytree(packed / "training", broken)
+    array = np.load(broken / "rgb_static.npy")
+    np.save(broken / "rgb_static.npy", array[:10])  # truncated
+    with pytest.raises(PackedDataError, match=r"rgb_static.npy: uint8 \(10, 32, 32, 3\)"):
+        PackedWindowDataset(broken, None, **WINDOW)[0]
+    with pytest.raises(IndexError):
+        PackedWindowDataset(packed, "training", **WINDOW).__getitems__([10_000])
+
+
+def test_pack_refuses_to_overwrite_and_names_missing_splits(source: Path, packed: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        pack_dataset(source, packed, IMAGE, TARGET, FORECAST)
+    with pytest.raises(FileNotFoundError, match="none of the splits"):
+        pack_dataset(tmp_path, tmp_path / "out", IMAGE, TARGET, FORECAST)
+
+
+def test_train_command_trains_on_packed_data(packed: Path, tmp_path: Path) -> None:
+    from dream_policy.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", f"data={packed}", f"trainer.out_dir={out}", "trainer.total_steps=3",
+                 "trainer.batch_size=4", "trainer.warmup_steps=1", "trainer.log_every=1", "forecast_n=2",
+                 f"model.vision.image_size={IMAGE}", f"model.world.target_size={TARGET}"])
+    assert code == 0
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({int(r["step"]) for r in rows if r["split"] == "train"}) == [1, 2, 3]
+    assert any(r["split"] == "val" for r in rows)
+    world = [float(r["value"]) for r in rows if r["split"] == "train" and r["metric"] == "world_terms"]
+    assert world and all(w == 3 for w in world)  # dynamic, depth and semantic targets all reached the loss
+    assert (out / "checkpoints" / "latest").exists() or any((out / "checkpoints").glob("step_*"))
+
+
+def test_train_command_names_a_packed_size_mismatch(packed: Path, tmp_path: Path) -> None:
+    from dream_policy.cli import main
+
+    with pytest.raises(PackedDataError, match="re-pack with dream-policy pack image_size=64"):
+        main(["train", f"data={packed}", f"trainer.out_dir={tmp_path}", "trainer.total_steps=1", "forecast_n=2"])
