@@ -3,18 +3,36 @@
 Conventions (as in diffusers): a train timestep ``t`` in ``[0, train_steps)`` indexes
 ``alphas_cumprod[t]``, and ``x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise``. The model predicts
 the noise.
+
+A ``model_fn`` is called as ``model_fn(x_t, t, cond)``, once per guidance branch and step. A model that
+also has ``prepare_sampling(cond, timesteps, batch_size, guided) -> step_fn`` (``PreparedModel``, e.g.
+``DiT``) is prepared once per sampling call instead, and ``step_fn(i, x_t)`` predicts the noise of step
+``i`` for both guidance branches in one call.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 # model_fn(x_t (B, ...), t (B,) long, cond or None) -> predicted noise (B, ...)
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+# step_fn(i, x_t (B, ...)) -> predicted noise at step index i: (B, ...), or (2B, ...) when guided
+# (conditional rows first, then unconditional)
+StepFn = Callable[[int, torch.Tensor], torch.Tensor]
+# predict(i, t, x_t (B, ...)) -> the guided noise (B, ...) at step index i (train timestep t)
+NoisePredictor = Callable[[int, int, torch.Tensor], torch.Tensor]
+
+
+@runtime_checkable
+class PreparedModel(Protocol):
+    """A model_fn that ``ddim_sample`` prepares once per call (see the module docstring)."""
+
+    def prepare_sampling(self, cond: Any, timesteps: Sequence[int], batch_size: int, guided: bool) -> StepFn:
+        ...
 
 
 def squared_cosine_betas(train_steps: int, max_beta: float = 0.999) -> torch.Tensor:
@@ -99,7 +117,8 @@ class DiffusionSchedule:
         """Denoise pure noise of ``shape`` (B, ...) into a sample (B, ...) with DDIM.
 
         Guidance: eps = eps_uncond + guidance * (eps_cond - eps_uncond); ``guidance == 1`` calls the
-        model once per step (conditional only), otherwise twice (``cond`` then ``None``).
+        model once per step (conditional only), otherwise twice (``cond`` then ``None``), or, for a
+        ``PreparedModel``, once per step on both branches batched.
         ``on_step(i, t)`` runs at the start of step ``i`` (train timestep ``t``), before the model.
         ``device`` defaults to ``cond``'s device when ``cond`` is a tensor, else the CPU.
         ``clip_sample`` clamps each step's clean-sample estimate to [-clip, clip] (the data range); with
@@ -118,16 +137,17 @@ class DiffusionSchedule:
             device = cond.device if isinstance(cond, torch.Tensor) else "cpu"
         x = _randn(shape, generator, device, dtype)  # (B, ...)
         timesteps = ddim_timesteps(self.train_steps, steps)
+        if isinstance(model_fn, PreparedModel):
+            step_fn = model_fn.prepare_sampling(cond, timesteps, shape[0], guidance != 1.0)
+            predict = _batched_predictor(step_fn, guidance)
+        else:
+            predict = _two_call_predictor(model_fn, cond, guidance, shape[0], device)
+        abars = [self._abar(t) for t in timesteps] + [self._abar(-1)]  # the last step lands on x0
         for i, t in enumerate(timesteps):
             if on_step is not None:
                 on_step(i, t)
-            t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)  # (B,)
-            eps = model_fn(x, t_batch, cond)
-            if guidance != 1.0:
-                eps_uncond = model_fn(x, t_batch, None)
-                eps = eps_uncond + guidance * (eps - eps_uncond)
-            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            x = self._ddim_step(x, eps, self._abar(t), self._abar(t_prev), eta, generator, clip_sample)
+            eps = predict(i, t, x)
+            x = self._ddim_step(x, eps, abars[i], abars[i + 1], eta, generator, clip_sample)
         return x
 
     @staticmethod
@@ -149,3 +169,34 @@ class DiffusionSchedule:
         if sigma > 0:
             x_prev = x_prev + sigma * _randn(x.shape, generator, x.device, x.dtype)
         return x_prev
+
+
+def _guide(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: eps_uncond + guidance * (eps_cond - eps_uncond)."""
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+
+def _two_call_predictor(
+    model_fn: ModelFn, cond: Any, guidance: float, batch_size: int, device: torch.device | str
+) -> NoisePredictor:
+    """The noise by calling ``model_fn`` per branch: with ``cond``, then (guided) with ``None``."""
+
+    def predict(i: int, t: int, x: torch.Tensor) -> torch.Tensor:
+        t_batch = torch.full((batch_size,), t, dtype=torch.long, device=device)  # (B,)
+        eps = model_fn(x, t_batch, cond)
+        return eps if guidance == 1.0 else _guide(eps, model_fn(x, t_batch, None), guidance)
+
+    return predict
+
+
+def _batched_predictor(step_fn: StepFn, guidance: float) -> NoisePredictor:
+    """The noise from a prepared model's ``step_fn``, both guidance branches in its one call."""
+
+    def predict(i: int, t: int, x: torch.Tensor) -> torch.Tensor:
+        eps = step_fn(i, x)  # (B, ...) or, guided, (2B, ...)
+        if guidance == 1.0:
+            return eps
+        eps_cond, eps_uncond = eps.chunk(2)  # (B, ...) each
+        return _guide(eps_cond, eps_uncond, guidance)
+
+    return predict

@@ -4,14 +4,20 @@ Each block has three residual sub-blocks (self-attention, cross-attention to the
 tokens, feed-forward), each modulated adaLN-Zero style by the timestep embedding. A sub-block's
 residual increment is computed by one method, ``SubBlock.increment``, so Block-wise Adaptive
 Caching can reuse increments through ``forward(..., block_hook=...)``.
+
+``forward`` is the training (and one-call) path. DDIM sampling goes through ``DiT.prepare_sampling``
+instead: a ``DiTSampler`` computes what does not depend on the noisy actions once per sampling call
+(condition projection, cross-attention keys/values, timestep embeddings and adaLN modulations of the
+step list) and runs both classifier-free guidance branches in one batch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +26,10 @@ from torch import nn
 SUB_BLOCK_KINDS = ("attn", "cross", "ff")
 
 # block_hook(block_index, kind, compute) -> increment (B, chunk, width); compute() gives the fresh one.
+# A hook may also have ``update_steps(block_index, kind) -> Collection[int] | None``: the sampling steps at
+# which it will call compute() (None: every step), so that ``DiTSampler`` prepares only those steps' inputs.
 BlockHook = Callable[[int, str, Callable[[], torch.Tensor]], torch.Tensor]
+Modulation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # shift, 1 + scale, gate: (1, C) each
 
 
 @dataclass
@@ -80,12 +89,20 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.width, config.width)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        S = memory.shape[1]
-        q = self.q(x).view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        return self.attend(x, *self.memory_kv(memory))
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, nh, S, hs) of memory (B, S, C)."""
+        B, S, C = memory.shape
         k, v = self.kv(memory).split(C, dim=-1)  # (B, S, C) each
         k = k.view(B, S, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, S, hs)
         v = v.view(B, S, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, S, hs)
+        return k, v
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of x (B, T, C) over keys and values (B, nh, S, hs) from ``memory_kv``: (B, T, C)."""
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)
@@ -116,9 +133,28 @@ class SubBlock(nn.Module):
         shift, scale, gate = self.modulation(F.silu(c)).unsqueeze(1).chunk(3, dim=-1)  # (B, 1, C) each
         return self.norm(x) * (1 + scale) + shift, gate
 
+    def modulations(self, c_act: torch.Tensor) -> list[Modulation]:
+        """Per row of SiLU(timestep embedding) c_act (K, C): (shift, 1 + scale, gate), (1, C) each."""
+        shift, scale, gate = self.modulation(c_act).unsqueeze(1).chunk(3, dim=-1)  # (K, 1, C) each
+        return list(zip(shift.unbind(0), (1 + scale).unbind(0), gate.unbind(0)))
+
+    def context(self, memory: torch.Tensor) -> Any:
+        """What ``residual`` needs from the condition tokens memory (B, N, C); None: nothing."""
+        return None
+
+    def residual(self, h: torch.Tensor, context: Any) -> torch.Tensor:
+        """The sub-block's function (B, T, C) of the modulated input h (B, T, C), before the gate."""
+        raise NotImplementedError
+
     def increment(self, x: torch.Tensor, c: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """The residual increment (B, T, C) this sub-block adds to x (B, T, C)."""
-        raise NotImplementedError
+        h, gate = self.modulate(x, c)
+        return gate * self.residual(h, self.context(memory))
+
+    def prepared_increment(self, x: torch.Tensor, modulation: Modulation, context: Any) -> torch.Tensor:
+        """``increment`` from a precomputed ``modulations`` entry and ``context``."""
+        shift, scale1, gate = modulation
+        return gate * self.residual(self.norm(x) * scale1 + shift, context)
 
 
 class SelfAttentionBlock(SubBlock):
@@ -126,9 +162,8 @@ class SelfAttentionBlock(SubBlock):
         super().__init__(config)
         self.attn = Attention(config)
 
-    def increment(self, x: torch.Tensor, c: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        h, gate = self.modulate(x, c)
-        return gate * self.attn(h, h)
+    def residual(self, h: torch.Tensor, context: Any) -> torch.Tensor:
+        return self.attn(h, h)
 
 
 class CrossAttentionBlock(SubBlock):
@@ -136,9 +171,11 @@ class CrossAttentionBlock(SubBlock):
         super().__init__(config)
         self.attn = Attention(config)
 
-    def increment(self, x: torch.Tensor, c: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        h, gate = self.modulate(x, c)
-        return gate * self.attn(h, memory)
+    def context(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.attn.memory_kv(memory)
+
+    def residual(self, h: torch.Tensor, context: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.attn.attend(h, *context)
 
 
 class FeedForwardBlock(SubBlock):
@@ -146,9 +183,8 @@ class FeedForwardBlock(SubBlock):
         super().__init__(config)
         self.mlp = FeedForward(config)
 
-    def increment(self, x: torch.Tensor, c: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        h, gate = self.modulate(x, c)
-        return gate * self.mlp(h)
+    def residual(self, h: torch.Tensor, context: Any) -> torch.Tensor:
+        return self.mlp(h)
 
 
 class DiTBlock(nn.Module):
@@ -173,6 +209,16 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.modulation(F.silu(c)).unsqueeze(1).chunk(2, dim=-1)  # (B, 1, C) each
         return self.out(self.norm(x) * (1 + scale) + shift)  # (B, T, action_dim)
+
+    def modulations(self, c_act: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per row of SiLU(timestep embedding) c_act (K, C): (shift, 1 + scale), (1, C) each."""
+        shift, scale = self.modulation(c_act).unsqueeze(1).chunk(2, dim=-1)  # (K, 1, C) each
+        return list(zip(shift.unbind(0), (1 + scale).unbind(0)))
+
+    def prepared(self, x: torch.Tensor, modulation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``forward`` from a precomputed ``modulations`` entry: (B, T, action_dim)."""
+        shift, scale1 = modulation
+        return self.out(self.norm(x) * scale1 + shift)
 
 
 class DiT(nn.Module):
@@ -243,6 +289,21 @@ class DiT(nn.Module):
                     h = h + block_hook(i, kind, partial(sub.increment, h, c, memory))
         return self.final(h, c)  # (B, chunk, action_dim)
 
+    def prepare_sampling(
+        self,
+        cond: torch.Tensor | None,
+        timesteps: Sequence[int],
+        batch_size: int,
+        guided: bool,
+        block_hook: BlockHook | None = None,
+    ) -> DiTSampler:
+        """A ``DiTSampler`` for one DDIM call over ``timesteps`` (the ``ddim_sample`` protocol).
+
+        ``cond`` (B, N, D) or None (the null condition); ``guided`` adds the unconditional branch as rows
+        B..2B-1 of every call.
+        """
+        return DiTSampler(self, cond, timesteps, batch_size, guided, block_hook)
+
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> None:
         cfg = self.config
         if x.dim() != 3 or x.shape[1:] != (cfg.chunk, cfg.action_dim):
@@ -254,3 +315,86 @@ class DiT(nn.Module):
                 f"cond must be (B, {cfg.cond_tokens}, {cfg.cond_dim}) = "
                 f"({x.shape[0]}, {cfg.cond_tokens}, {cfg.cond_dim}) or None, got {tuple(cond.shape)}"
             )
+
+
+class DiTSampler:
+    """The DiT prepared for one DDIM sampling call: ``sampler(i, x)`` is the noise predicted at step ``i``.
+
+    Computed once here instead of at every step: the condition tokens' projection, each cross-attention's
+    keys and values over them, the timestep embeddings of the step list and every sub-block's adaLN
+    modulation at the steps it runs (all steps, or the hook's ``update_steps``). With ``guided`` both
+    guidance branches run in one call of 2B rows, conditional first: ``sampler(i, x)`` (B, chunk, A) gives
+    (2B, chunk, A), and a block hook sees increments (2B, chunk, C).
+    """
+
+    def __init__(
+        self,
+        dit: DiT,
+        cond: torch.Tensor | None,
+        timesteps: Sequence[int],
+        batch_size: int,
+        guided: bool,
+        block_hook: BlockHook | None = None,
+    ) -> None:
+        cfg = dit.config
+        if guided and cond is None:
+            raise ValueError("guided sampling needs a condition")
+        if cond is not None and cond.shape != (batch_size, cfg.cond_tokens, cfg.cond_dim):
+            raise ValueError(f"cond must be ({batch_size}, {cfg.cond_tokens}, {cfg.cond_dim}), "
+                             f"got {tuple(cond.shape)}")
+        self.dit, self.guided, self.block_hook = dit, guided, block_hook
+        self.x_shape = (batch_size, cfg.chunk, cfg.action_dim)
+        memory = dit.cond_in(self._condition_rows(cond, batch_size)) + dit.cond_pos  # (rows, N, C)
+        self.sub_blocks = [(i, kind, sub, sub.context(memory))
+                           for i, block in enumerate(dit.blocks) for kind, sub in block.sub_blocks()]
+        t = torch.tensor(list(timesteps), dtype=torch.long, device=memory.device)  # (K,)
+        self.num_steps = len(timesteps)
+        self.c_act = F.silu(dit.time_embed(t))  # (K, C)
+        self._c_rows: dict[tuple[int, ...], torch.Tensor] = {}  # c_act at some steps, shared by sub-blocks
+        self.sub_modulations = [self._modulations(i, kind, sub) for i, kind, sub, _ in self.sub_blocks]
+        self.final = dit.final.modulations(self.c_act)
+
+    def _condition_rows(self, cond: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """(rows, N, D): cond, then the null condition when guided; the null condition alone for no cond."""
+        null = self.dit.null_cond.expand(batch_size, -1, -1)
+        if cond is None:
+            return null
+        return torch.cat([cond, null.to(cond.dtype)]) if self.guided else cond
+
+    def _modulations(self, block: int, kind: str, sub: SubBlock) -> dict[int, Modulation]:
+        """{step: modulation} of ``sub`` at the steps the hook will compute it (every step without one)."""
+        steps_of = getattr(self.block_hook, "update_steps", None)
+        announced: Collection[int] | None = steps_of(block, kind) if steps_of is not None else None
+        K = self.num_steps
+        steps = tuple(range(K)) if announced is None else tuple(sorted(s for s in announced if 0 <= s < K))
+        if not steps:
+            return {}
+        if len(steps) == K:
+            return dict(enumerate(sub.modulations(self.c_act)))
+        if steps not in self._c_rows:
+            index = torch.tensor(steps, device=self.c_act.device)
+            self._c_rows[steps] = self.c_act.index_select(0, index)  # (len(steps), C)
+        return dict(zip(steps, sub.modulations(self._c_rows[steps])))
+
+    def _increment(self, j: int, step: int, h: torch.Tensor) -> torch.Tensor:
+        """Sub-block ``j``'s increment to h (rows, chunk, C) at DDIM step ``step``."""
+        _, _, sub, context = self.sub_blocks[j]
+        modulation = self.sub_modulations[j].get(step)
+        if modulation is None:  # a step the hook did not announce
+            modulation = self.sub_modulations[j][step] = sub.modulations(self.c_act[step:step + 1])[0]
+        return sub.prepared_increment(h, modulation, context)
+
+    def __call__(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """Predicted noise at DDIM step index ``step`` for x (B, chunk, A): (B or 2B if guided, chunk, A)."""
+        if x.shape != self.x_shape:
+            raise ValueError(f"x must be {self.x_shape}, got {tuple(x.shape)}")
+        h = self.dit.action_in(x) + self.dit.action_pos  # (B, chunk, C)
+        if self.guided:
+            h = torch.cat([h, h])  # (2B, chunk, C): both branches denoise the same x
+        hook = self.block_hook
+        for j, (i, kind, _, _) in enumerate(self.sub_blocks):
+            if hook is None:
+                h = h + self._increment(j, step, h)
+            else:
+                h = h + hook(i, kind, partial(self._increment, j, step, h))
+        return self.dit.final.prepared(h, self.final[step])  # (rows, chunk, A)

@@ -1,54 +1,71 @@
 """Running the DiT head under a BAC schedule, and recording its sub-block outputs for calibration.
 
-Both are ``block_hook``s for ``DiT.forward`` (``dream_policy/dit.py``) driven by the DDIM loop's
-``on_step``: ``CachedBlocks`` recomputes a sub-block's residual increment only at its update steps
-and otherwise returns the increment cached at the last update; ``BlockRecorder`` computes every
-increment and keeps a copy per step. Classifier-free guidance calls the DiT twice per step, with and
-without the condition; each branch has its own cache entries.
+Both are ``block_hook``s for the DiT (``dream_policy/dit.py``) driven by the DDIM loop's ``on_step``:
+``CachedBlocks`` recomputes a sub-block's residual increment only at its update steps and otherwise
+returns the increment cached at the last update; ``BlockRecorder`` computes every increment and keeps a
+copy per step. Each classifier-free guidance branch (with and without the condition) has its own
+cache entries: sampling runs both branches in one batched DiT call (``DiTSampler``), whose increments
+hold the conditional rows then the unconditional ones, so one cache entry holds both branches' rows and
+the branches share the schedule; a DiT call per branch (``HookedDiT.__call__``) caches each branch apart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from dream_policy.bac import BlockKey, CacheSchedule
-from dream_policy.dit import DiT
+from dream_policy.dit import DiT, DiTSampler
 
-Branch = int  # 0: conditional call, 1: unconditional call (guidance)
+Branch = int  # 0: conditional rows, 1: unconditional rows (guidance)
+Branches = tuple[Branch, ...]  # the branches whose rows one DiT call holds, in row order
 
 
 class CachedBlocks:
-    """A block hook that follows ``schedule``; ``computed`` / ``reused`` count sub-block evaluations."""
+    """A block hook that follows ``schedule``; ``computed`` / ``reused`` count sub-block evaluations
+    (per guidance branch: a batched call of both branches counts two)."""
 
     def __init__(self, schedule: CacheSchedule) -> None:
         self.schedule = schedule
         self._updates = {key: schedule.updates(key) for key in schedule.steps}
-        self.step, self.branch = 0, 0
-        self.cache: dict[tuple[Branch, int, str], torch.Tensor] = {}
+        # the sub-blocks that reuse their cached increment at each step (beyond the schedule: all of them)
+        self._reuse_at = [frozenset(key for key, updates in self._updates.items() if step not in updates)
+                          for step in range(schedule.num_steps)]
+        self._reuse_beyond = frozenset(self._updates)
+        self._reuse_now: frozenset[BlockKey] = frozenset()
+        self.step = 0
+        self.branches: Branches = (0,)
+        self.cache: dict[tuple[Branches, int, str], torch.Tensor] = {}
         self.computed = self.reused = 0
 
     def start_step(self, index: int, _t: int) -> None:
         self.step = index
+        self._reuse_now = self._reuse_at[index] if 0 <= index < len(self._reuse_at) else self._reuse_beyond
+
+    def update_steps(self, block: int, kind: str) -> frozenset[int] | None:
+        """The steps at which sub-block ``(block, kind)`` is recomputed; None: every step."""
+        return self._updates.get((block, kind))
 
     def __call__(self, block: int, kind: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = (self.branch, block, kind)
-        updates = self._updates.get((block, kind))
-        if updates is None or self.step in updates or key not in self.cache:
-            self.cache[key] = value = compute()
-            self.computed += 1
-            return value
-        self.reused += 1
-        return self.cache[key]
+        key = (self.branches, block, kind)
+        if (block, kind) in self._reuse_now:
+            value = self.cache.get(key)
+            if value is not None:
+                self.reused += len(self.branches)
+                return value
+        self.cache[key] = value = compute()
+        self.computed += len(self.branches)
+        return value
 
 
 class BlockRecorder:
-    """A block hook that computes everything and records ``outputs[(block, kind)][step]`` per branch."""
+    """A block hook that computes everything and records ``outputs[(branch, block, kind)][step]``."""
 
     def __init__(self) -> None:
-        self.step, self.branch = 0, 0
+        self.step = 0
+        self.branches: Branches = (0,)
         self.outputs: dict[tuple[Branch, int, str], dict[int, torch.Tensor]] = {}
 
     def start_step(self, index: int, _t: int) -> None:
@@ -56,7 +73,9 @@ class BlockRecorder:
 
     def __call__(self, block: int, kind: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         value = compute()
-        self.outputs.setdefault((self.branch, block, kind), {})[self.step] = value.detach().clone()
+        rows = value.detach().clone().chunk(len(self.branches))  # (B, ...) per branch
+        for branch, part in zip(self.branches, rows):
+            self.outputs.setdefault((branch, block, kind), {})[self.step] = part
         return value
 
     def trajectories(self) -> dict[BlockKey, torch.Tensor]:
@@ -68,11 +87,25 @@ class BlockRecorder:
         return {key: torch.cat(parts, dim=1) for key, parts in per_block.items()}
 
 
-def hooked_model_fn(dit: DiT, hook: CachedBlocks | BlockRecorder) -> Callable[..., torch.Tensor]:
-    """The DDIM ``model_fn``: the DiT with ``hook``, telling it which guidance branch is running."""
+class HookedDiT:
+    """The DDIM ``model_fn``: the DiT with ``hook``, telling it which guidance branches each call holds."""
 
-    def model_fn(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        hook.branch = 0 if cond is not None else 1
-        return dit(x, t, cond, block_hook=hook)
+    def __init__(self, dit: DiT, hook: CachedBlocks | BlockRecorder) -> None:
+        self.dit, self.hook = dit, hook
 
-    return model_fn
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """One branch per call (the conditional one when ``cond`` is given)."""
+        self.hook.branches = (0,) if cond is not None else (1,)
+        return self.dit(x, t, cond, block_hook=self.hook)
+
+    def prepare_sampling(
+        self, cond: Any, timesteps: Sequence[int], batch_size: int, guided: bool
+    ) -> DiTSampler:
+        """Both branches in one call when ``guided`` (``diffusion.PreparedModel``)."""
+        self.hook.branches = (0, 1) if guided else (0,) if cond is not None else (1,)
+        return self.dit.prepare_sampling(cond, timesteps, batch_size, guided, block_hook=self.hook)
+
+
+def hooked_model_fn(dit: DiT, hook: CachedBlocks | BlockRecorder) -> HookedDiT:
+    """The DDIM ``model_fn`` running ``dit`` through ``hook``."""
+    return HookedDiT(dit, hook)

@@ -26,7 +26,7 @@ from dream_policy.calibrate_cache import (
     similarity_matrix,
     variation,
 )
-from dream_policy.dit_cache import BlockRecorder, CachedBlocks
+from dream_policy.dit_cache import BlockRecorder, CachedBlocks, HookedDiT
 from dream_policy.model import DreamVLA, load_model_config
 
 
@@ -141,12 +141,49 @@ def test_cached_modes_reuse_and_stay_close(tiny_model, stats, mode):
         assert all(len(v) == 4 for v in schedule.steps.values())
 
 
+def per_branch_sample(model, cond, hook, seed):
+    """The reference: the hooked DiT called once per guidance branch and step (each branch cached apart)."""
+    hooked = HookedDiT(model.dit, hook)
+    cfg = model.config
+    shape = (cond.shape[0], cfg.chunk, cfg.action_dim)
+    generator = torch.Generator().manual_seed(seed)
+    return model.schedule.ddim_sample(lambda x, t, c: hooked(x, t, c), shape, cond, steps=cfg.ddim_steps,
+                                      guidance=cfg.guidance, on_step=hook.start_step, generator=generator,
+                                      clip_sample=cfg.clip_sample)
+
+
+@pytest.mark.parametrize("mode", ["none", "uniform", "bac"])
+def test_batched_branches_cache_like_separate_calls(tiny_model, stats, mode):
+    """Both guidance branches in one DiT call, one cache entry holding both: the same actions (up to
+    rounding) and the same counts as one call and one cache entry per branch."""
+    schedule = schedule_for(tiny_model, mode, stats, budget=3)
+    cond = tiny_model.features(random_batch(tiny_model.config, b=2))["action"]
+    batched, separate = CachedBlocks(schedule), CachedBlocks(schedule)
+    out = tiny_model.sample_actions(cond, torch.Generator().manual_seed(4), batched)
+    reference = per_branch_sample(tiny_model, cond, separate, seed=4)
+    assert torch.allclose(out, reference, rtol=0, atol=1e-5), (out - reference).abs().max()
+    assert (batched.computed, batched.reused) == (separate.computed, separate.reused)
+    assert {branches for branches, _, _ in batched.cache} == {(0, 1)}
+    assert {branches for branches, _, _ in separate.cache} == {(0,), (1,)}
+
+
 def test_recorder_sees_every_step_and_branch(tiny_model):
     recorder = BlockRecorder()
     tiny_model.predict_chunk(random_batch(tiny_model.config, b=2), block_hook=recorder)
     trajectories = recorder.trajectories()
     assert len(trajectories) == 3 * tiny_model.config.dit.depth
     assert all(x.shape[:2] == (10, 4) for x in trajectories.values())  # 10 steps, 2 samples x 2 branches
+    assert {branch for branch, _, _ in recorder.outputs} == {0, 1}
+
+
+def test_recorder_splits_batched_branches_like_separate_calls(tiny_model):
+    cond = tiny_model.features(random_batch(tiny_model.config, b=2))["action"]
+    batched, separate = BlockRecorder(), BlockRecorder()
+    tiny_model.sample_actions(cond, torch.Generator().manual_seed(4), batched)
+    per_branch_sample(tiny_model, cond, separate, seed=4)
+    assert batched.outputs.keys() == separate.outputs.keys()
+    for key, ours in batched.trajectories().items():
+        assert torch.allclose(ours, separate.trajectories()[key], rtol=0, atol=1e-5)
 
 
 def test_schedule_file_roundtrip_and_mismatch(tmp_path, tiny_model, stats):

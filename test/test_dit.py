@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from dream_policy.diffusion import DiffusionSchedule
+from dream_policy.diffusion import DiffusionSchedule, ddim_timesteps
 from dream_policy.dit import SUB_BLOCK_KINDS, DiT, DiTConfig
 
 CFG = DiTConfig(action_dim=7, chunk=3, width=32, depth=2, heads=4, cond_dim=16, cond_tokens=3)
@@ -120,6 +122,109 @@ def test_samples_with_ddim_and_guidance():
     g = torch.Generator().manual_seed(0)
     out = DiffusionSchedule().ddim_sample(model, (B, CFG.chunk, CFG.action_dim), cond, steps=3, generator=g)
     assert out.shape == (B, CFG.chunk, CFG.action_dim) and torch.isfinite(out).all()
+
+
+def two_forward_ddim(model: DiT, cond: torch.Tensor | None, batch: int, steps: int, guidance: float,
+                     seed: int, clip: float | None) -> torch.Tensor:
+    """The reference sampler: DDIM with one DiT forward per guidance branch and step, as before batching."""
+    schedule = DiffusionSchedule()
+    x = torch.randn((batch, CFG.chunk, CFG.action_dim), generator=torch.Generator().manual_seed(seed))
+    timesteps = ddim_timesteps(schedule.train_steps, steps)
+    for i, t in enumerate(timesteps):
+        t_batch = torch.full((batch,), t, dtype=torch.long)
+        eps = model(x, t_batch, cond)
+        if guidance != 1.0:
+            eps_uncond = model(x, t_batch, None)
+            eps = eps_uncond + guidance * (eps - eps_uncond)
+        abar = float(schedule.alphas_cumprod[t])
+        abar_prev = float(schedule.alphas_cumprod[timesteps[i + 1]]) if i + 1 < steps else 1.0
+        x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
+        x = math.sqrt(abar_prev) * x0 + math.sqrt(1 - abar_prev) * eps
+    return x
+
+
+def sampling_model(seed: int = 0) -> DiT:
+    """A DiT as training leaves it, roughly: the default initialisation plus small noise on every weight
+    (``randomised_model``'s weights make untrained noise predictions too large to compare samples)."""
+    torch.manual_seed(seed)
+    model = DiT(CFG)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+@pytest.mark.parametrize("batch, guidance, steps", [(4, 1.5, 5), (1, 1.5, 10), (2, 3.0, 5), (2, 1.0, 10)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batched_sampling_equals_two_forward_formulation(batch, guidance, steps, seed):
+    """ddim_sample prepares the DiT once (condition, timestep embeddings, modulations, cross-attention
+    keys/values hoisted; both guidance branches in one batch) and must match one forward per branch."""
+    model = sampling_model(seed)
+    cond = inputs()[2][:batch]
+    with torch.no_grad():
+        reference = two_forward_ddim(model, cond, batch, steps, guidance, seed=3, clip=1.0)
+        out = DiffusionSchedule().ddim_sample(model, (batch, CFG.chunk, CFG.action_dim), cond, steps=steps,
+                                              guidance=guidance, generator=torch.Generator().manual_seed(3),
+                                              clip_sample=1.0)
+    assert out.shape == reference.shape and reference.abs().max() > 0.5
+    assert torch.allclose(out, reference, rtol=0, atol=1e-5), (out - reference).abs().max()
+
+
+def test_batched_sampling_unclipped_and_unconditional():
+    """Without clipping an untrained head's samples are large (the first step divides by sqrt(abar) ~ 0):
+    equal relative to their size; ``cond=None`` samples with the null condition."""
+    model = sampling_model()
+    cond = inputs()[2]
+    with torch.no_grad():
+        for c, guidance in ((cond, 1.5), (None, 1.0)):
+            reference = two_forward_ddim(model, c, B, 5, guidance, seed=5, clip=None)
+            generator = torch.Generator().manual_seed(5)
+            out = DiffusionSchedule().ddim_sample(model, (B, CFG.chunk, CFG.action_dim), c, steps=5,
+                                                  guidance=guidance, generator=generator)
+            assert torch.allclose(out, reference, rtol=0, atol=1e-5 * float(reference.abs().max()))
+
+
+def test_sampler_step_holds_both_branches():
+    """One prepared call: conditional rows, then unconditional rows, each equal to its own forward."""
+    model = randomised_model()
+    x, _, cond = inputs()
+    timesteps = [99, 49, 9]
+    with torch.no_grad():
+        sampler = model.prepare_sampling(cond, timesteps, B, guided=True)
+        for i, t in enumerate(timesteps):
+            eps = sampler(i, x)
+            t_batch = torch.full((B,), t)
+            assert eps.shape == (2 * B, CFG.chunk, CFG.action_dim)
+            assert torch.allclose(eps[:B], model(x, t_batch, cond), rtol=0, atol=1e-5)
+            assert torch.allclose(eps[B:], model(x, t_batch, None), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"x must be \(4, 3, 7\)"):
+        sampler(0, x[:2])
+    with pytest.raises(ValueError, match="cond must be"):
+        model.prepare_sampling(cond[:2], timesteps, B, guided=True)
+
+
+def test_sampler_prepares_only_the_steps_a_hook_announces():
+    """A hook's update_steps limit the hoisted modulations; a step it did not announce still works (the
+    modulations come from a matrix product over fewer timesteps: equal up to rounding)."""
+    model = randomised_model()
+    x, _, cond = inputs()
+
+    class EveryOtherStep:
+        def update_steps(self, block, kind):
+            return [0, 2] if kind == "ff" else None
+
+        def __call__(self, block, kind, compute):
+            return compute()
+
+    with torch.no_grad():
+        plain = model.prepare_sampling(cond, [99, 66, 33], B, guided=False)
+        hooked = model.prepare_sampling(cond, [99, 66, 33], B, guided=False, block_hook=EveryOtherStep())
+        assert [sorted(m) for m in hooked.sub_modulations[:3]] == [[0, 1, 2], [0, 1, 2], [0, 2]]
+        for i in range(3):
+            assert torch.allclose(hooked(i, x), plain(i, x), rtol=0, atol=1e-5)
+        assert 1 in hooked.sub_modulations[2]  # prepared on demand at the unannounced step 1
 
 
 def test_dropout_in_training_mode():
