@@ -6,10 +6,14 @@ it publishes the instruction (transient_local, so the policy node gets it whenev
 prints a status line from the policy node's diagnostics topic every ``status_period_s``. Ctrl-C / SIGTERM,
 ``duration_s`` or a node that exits stop both: the policy node first (its safe stop publishes a hold while
 the sim still listens), then the sim node; each gets SIGINT, and SIGKILL after ``STOP_TIMEOUT_S``.
+On Linux the nodes also get SIGTERM (their clean shutdown) when this process dies without stopping them,
+e.g. from SIGKILL (``parent_death_signal``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
 import os
@@ -36,6 +40,7 @@ STOP_TIMEOUT_S = 15.0
 POLL_S = 0.2
 POLICY_NODE = PolicyNodeConfig.node_name
 STRING = "std_msgs/msg/String"
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class LaunchError(ValueError):
@@ -58,20 +63,62 @@ def node_env(domain_id: int | None = None) -> dict[str, str]:
     return env
 
 
+def _libc_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` on Linux; None elsewhere or when libc cannot be loaded."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def parent_death_signal(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A Popen ``preexec_fn`` that has the child get ``sig`` when this process dies; None off Linux.
+
+    It sets PR_SET_PDEATHSIG in the child between fork and exec, so a SIGKILLed launcher leaves no
+    nodes behind. The kernel sends the signal when the thread that started the child ends, so start
+    children from a thread that lives as long as they should (the main thread here). libc is loaded here,
+    before the fork: the child only makes the calls. A parent that died before the child set the signal
+    is caught by comparing the child's parent pid with the one it was forked from.
+    """
+    prctl = _libc_prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def set_parent_death_signal() -> None:  # in the child, before exec
+        signal.signal(sig, signal.SIG_DFL)  # not this process's handler, which would swallow it before exec
+        if prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return set_parent_death_signal
+
+
 class NodeProcess:
     """``python -m <module> <args>`` in its own session.
 
-    Signals reach it only from here, so the launcher decides the order of shutdown; its output lines
-    go to ``sink`` prefixed ``[name]``, the last ones are kept in ``tail``.
+    Signals reach it only from here, so the launcher decides the order of shutdown, and, on Linux,
+    SIGTERM when this process dies (``parent_death_signal``); its output lines go to ``sink`` prefixed
+    ``[name]``, the last ones are kept in ``tail``.
     """
 
     def __init__(self, name: str, module: str, args: Sequence[str], env: dict[str, str],
                  sink: Callable[[str], None] = print) -> None:
         self.name, self._sink = name, sink
         self.tail: deque[str] = deque(maxlen=50)
+        # preexec_fn with threads running (DDS, output readers) is safe here: CPython reinitialises its own
+        # locks in the child first, and parent_death_signal's function only makes system calls
         self.process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True,
+                                        preexec_fn=parent_death_signal())  # noqa: PLW1509
         self._reader = threading.Thread(target=self._read, name=f"{name}-output", daemon=True)
         self._reader.start()
 

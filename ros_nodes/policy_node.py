@@ -2,9 +2,13 @@
 
 Topics, all from the contract: the observation streams and the instruction (std_msgs/String) in; the
 target (PoseStamped, or JointTrajectory through an injected IK) and the gripper command (Float64) out at
-``actions.rate_hz``; JSON diagnostics (std_msgs/String) on ``diagnostics_topic``. The transports have no
-services yet, so start / stop / set_task are std_msgs/String topics named like the contract's services
-(start: the task text, or empty for the task set before; stop: the reason; set_task: the task text).
+``actions.rate_hz``; JSON diagnostics (std_msgs/String) on ``diagnostics_topic``. Services, named by the
+contract: start (std_srvs/srv/Trigger: run the task set before, by instruction or set_task, from a fresh
+policy; releases a stop), stop (std_srvs/srv/Trigger: hold the last command from the next control tick
+until start) and set_task (dream_policy_interfaces/srv/SetTask, request ``string task``: the task to run;
+it does not start a stopped node). Each answers ``success`` and a ``message`` that says what happened or
+why it was refused. On rclpy, a service type that is not installed (SetTask needs the interface package
+``dream_policy_interfaces``) leaves that service out, with a warning.
 ``~/x`` names resolve to ``/<node_name>/x``. The control timer and the inference worker run on their own
 threads (one inference at a time); both are injectable so tests can tick by hand. Messages that do not
 fit the contract (image size or encoding, joint names, non-finite values) are logged and dropped.
@@ -61,13 +65,16 @@ from ros_nodes.lifecycle import LifecycleNode, State, autostart, stop_on_signals
 from ros_nodes.policy_runner import PolicyRunner, PolicyRunnerConfig
 from ros_nodes.safety import Decision
 from ros_nodes.transport.base import (
+    SET_TASK,
     TRANSPORT_KINDS,
+    TRIGGER,
     Durability,
     QosProfile,
     Reliability,
     Transport,
     check_node_name,
     make_transport,
+    service_classes,
     transport_qos,
 )
 from ros_nodes.types import Command, Sample
@@ -81,10 +88,29 @@ DEFAULT_CONTRACT = Path(__file__).resolve().parents[1] / "configs" / "contract" 
 SIM_CONTRACTS = ("playtable",)  # contract names of the sim node's topics: sim time by default
 # (tcp target, measured arm joints (7,)) -> joint targets (7,) in the contract's joint order
 JointSolver = Callable[[Command, np.ndarray], np.ndarray]
-SERVICE_HANDLERS: dict[str, Callable[[PolicyRunner, str], None]] = {
-    "start": lambda runner, text: runner.start(text or None),
-    "stop": lambda runner, text: runner.stop(text or "stop requested"),
-    "set_task": lambda runner, text: runner.set_task(text),
+STOP_REASON = "stop service"
+
+
+def _start(runner: PolicyRunner, request: Any) -> str:
+    runner.start()
+    return f"running {runner.task!r}"
+
+
+def _stop(runner: PolicyRunner, request: Any) -> str:
+    runner.stop(STOP_REASON)
+    return "stopped: holding the last command until start"
+
+
+def _set_task(runner: PolicyRunner, request: Any) -> str:
+    runner.set_task(request.task)
+    return f"task {runner.task!r}" + ("" if runner.running else " (stopped: start runs it)")
+
+
+# contract service -> (service type, what it does to the runner: a message for the response)
+SERVICES: dict[str, tuple[str, Callable[[PolicyRunner, Any], str]]] = {
+    "start": (TRIGGER, _start),
+    "stop": (TRIGGER, _stop),
+    "set_task": (SET_TASK, _set_task),
 }
 
 
@@ -366,12 +392,14 @@ class PolicyNode(LifecycleNode):
                                           partial(self._on_stream, stream),
                                           transport_qos(stream.qos, stream.topic))
         instruction = contract.instruction
-        transport.create_subscription(self._name(instruction.topic), STRING,
-                                      partial(self._on_text, "instruction"),
+        transport.create_subscription(self._name(instruction.topic), STRING, self._on_instruction,
                                       transport_qos(instruction.qos, instruction.topic))
-        for service in SERVICE_HANDLERS:
-            transport.create_subscription(self._name(getattr(contract.services, service)), STRING,
-                                          partial(self._on_text, service))
+        for service, (srv_type, _) in SERVICES.items():
+            name = self._name(getattr(contract.services, service))
+            try:
+                transport.create_service(name, srv_type, partial(self._on_service, service))
+            except LookupError as error:  # rclpy without the type's interface package
+                log.warning("service %s is not served: %s", name, error)
         actions = contract.actions
         self._publishers = {
             "target": transport.create_publisher(self._name(actions.target.topic), actions.target.type,
@@ -394,18 +422,29 @@ class PolicyNode(LifecycleNode):
             if count & (count - 1) == 0:  # 1st, 2nd, 4th, ...: a broken stream does not flood the log
                 log.warning("dropped a message on %s (%d so far): %s", stream.topic, count, error)
 
-    def _on_text(self, topic: str, msg: Any) -> None:
-        """The instruction topic or a service topic."""
+    def _on_instruction(self, msg: Any) -> None:
         runner = self._runner
         if runner is None:
             return
         try:
-            if topic == "instruction":
-                runner.on_instruction(msg.data)
-            else:
-                SERVICE_HANDLERS[topic](runner, msg.data.strip())
+            runner.on_instruction(msg.data)
         except ValueError as error:
-            log.warning("%s refused: %s", topic, error)
+            log.warning("instruction refused: %s", error)
+
+    def _on_service(self, service: str, request: Any) -> Any:
+        """A call of the contract's ``service``: the response says what was done, or why not."""
+        srv_type, act = SERVICES[service]
+        response = service_classes(srv_type)[1]
+        runner = self._runner
+        if runner is None:
+            return response(success=False, message=f"node {self.name!r} is {self.state.value}")
+        try:
+            message = act(runner, request)
+        except ValueError as error:
+            log.warning("%s refused: %s", service, error)
+            return response(success=False, message=str(error))
+        log.info("%s: %s", service, message)
+        return response(success=True, message=message)
 
     def _publish(self, decision: Decision) -> None:
         command = decision.command

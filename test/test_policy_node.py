@@ -1,6 +1,7 @@
 """PolicyNode over the in-memory transport, with a hand-ticked timer, a fake clock and fake policies: the
-topics of the contract, commands at ticks, holds (stale camera, stop, deactivate), dropped messages and
-chunks, a slow policy on the worker thread, joint trajectories, sim time; and the fake transport itself."""
+topics and services of the contract, commands at ticks, holds (stale camera, stop, deactivate), dropped
+messages and chunks, a slow policy on the worker thread, joint trajectories, sim time; and the fake
+transport itself."""
 
 from __future__ import annotations
 
@@ -45,12 +46,23 @@ from ros_nodes.policy_node import (
     transport_qos,
 )
 from ros_nodes.policy_runner import PolicyRunnerConfig
-from ros_nodes.transport.base import DEFAULT, SENSOR, Durability, QosProfile, Reliability
+from ros_nodes.transport.base import (
+    DEFAULT,
+    SENSOR,
+    SET_TASK,
+    TRIGGER,
+    Durability,
+    QosProfile,
+    Reliability,
+    service_classes,
+)
 
 T = TYPESTORE.types
 TARGET, GRIPPER = CONTRACT.actions.target.topic, CONTRACT.actions.gripper.topic
 SERVICES = CONTRACT.services
 DIAGNOSTICS = "/dream_policy/diagnostics"
+TRIGGER_REQUEST, TRIGGER_RESPONSE = service_classes(TRIGGER)
+SET_TASK_REQUEST, SET_TASK_RESPONSE = service_classes(SET_TASK)
 
 
 class ManualTimer:
@@ -96,18 +108,24 @@ def scene_msg(values: np.ndarray = SCENE):
 
 
 class Sim:
-    """Publishes the contract's streams (as the sim node does) and the user's text topics."""
+    """Publishes the contract's streams (as the sim node does) and the user's instructions; calls the
+    node's services as an operator would."""
 
     def __init__(self, bus: FakeBus) -> None:
         self.transport = FakeTransport("sim", bus)
         self.streams = {s.feature: self.transport.create_publisher(s.topic, s.type, transport_qos(s.qos, s.topic))
                         for s in CONTRACT.observations}
         instruction = CONTRACT.instruction
-        self.text = {name: self.transport.create_publisher(topic, STRING, transport_qos(qos, topic))
-                     for name, topic, qos in [("instruction", instruction.topic, instruction.qos),
-                                              ("start", SERVICES.start, ContractQos()),
-                                              ("stop", SERVICES.stop, ContractQos()),
-                                              ("set_task", SERVICES.set_task, ContractQos())]}
+        self.text = {"instruction": self.transport.create_publisher(
+            instruction.topic, STRING, transport_qos(instruction.qos, instruction.topic))}
+        self.clients = {"start": self.transport.create_client(SERVICES.start, TRIGGER),
+                        "stop": self.transport.create_client(SERVICES.stop, TRIGGER),
+                        "set_task": self.transport.create_client(SERVICES.set_task, SET_TASK)}
+
+    def call(self, service: str, task: str | None = None):
+        """The node's response to a call of the contract's ``service`` (set_task: with ``task``)."""
+        request = TRIGGER_REQUEST() if task is None else SET_TASK_REQUEST(task=task)
+        return self.clients[service].call(request, timeout=1.0)
 
     def frame(self, t: float, skip: tuple[str, ...] = ()) -> None:
         msgs = {**{f: rgb_to_image(image, t, "camera") for f, image in IMAGES.items()},
@@ -149,8 +167,10 @@ def published_pose(msg) -> np.ndarray:
 def test_lifecycle_wires_the_contract_topics_and_the_timer(bus):
     node = make_node(bus, ChunkPolicy(actions(3, 0)))
     node.configure()
-    for topic in [s.topic for s in CONTRACT.observations] + [CONTRACT.instruction.topic, *vars(SERVICES).values()]:
+    for topic in [s.topic for s in CONTRACT.observations] + [CONTRACT.instruction.topic]:
         assert bus.subscription_count(topic) == 1, topic
+    for name in vars(SERVICES).values():
+        assert bus.server(name) is not None, name
     node.activate()
     timer = node._timer
     assert timer.running and timer.period_s == pytest.approx(1 / 30) and timer.callback == node.control_tick
@@ -163,6 +183,7 @@ def test_lifecycle_wires_the_contract_topics_and_the_timer(bus):
     assert bus.subscription_count(CONTRACT.instruction.topic) == 1
     node.shutdown()
     assert node.state is State.FINALIZED and bus.subscription_count(CONTRACT.instruction.topic) == 0
+    assert bus.server(SERVICES.stop) is None
 
 
 def test_an_instruction_makes_commands_at_ticks(bus):
@@ -229,22 +250,76 @@ def test_a_non_finite_chunk_publishes_no_command(bus):
     assert diagnostics["counts"]["nonfinite_chunks"] == 1
 
 
-def test_the_stop_service_latches_a_hold_until_start(bus):
-    policy = ChunkPolicy(actions(3, 5))
+def test_the_stop_service_holds_from_the_next_tick_until_the_start_service(bus):
+    policy = ChunkPolicy(actions(60, 5) * 0.1)
     clock = Clock()
     node = autostart(make_node(bus, policy, clock=clock))
     sim = Sim(bus)
     sim.say("instruction", "open the drawer")
-    last = run_ticks(node, sim, clock, range(2))[-1].command
-    sim.say("stop", "operator")
-    sim.say("set_task", "close the drawer")
-    sim.say("instruction", "push the block")  # does not undo the stop
+    decisions = run_ticks(node, sim, clock, range(2))
+    assert [d.kind for d in decisions] == ["command", "command"]
+    published = len(bus.messages(TARGET))
+    stopped = sim.call("stop")
+    assert stopped.__msgtype__ == "std_srvs/srv/Trigger_Response"
+    assert stopped.success and stopped.message == "stopped: holding the last command until start"
+    assert len(bus.messages(TARGET)) == published  # the call itself publishes nothing
+    # the chunk still had actions left: the very next tick holds the last command instead of going on
     for decision in run_ticks(node, sim, clock, range(2, 5)):
-        assert decision.kind == "hold" and decision.reasons == ("stopped: operator",)
-        np.testing.assert_allclose(decision.command.as_array(), last.as_array())
-    sim.say("start", "")  # the task set last
-    assert run_ticks(node, sim, clock, range(5, 6))[0].kind == "command"
-    assert policy.calls[-1][1] == "push the block"
+        assert decision.kind == "hold" and decision.reasons == ("stopped: stop service",)
+        np.testing.assert_allclose(decision.command.as_array(), decisions[-1].command.as_array())
+    sim.say("instruction", "push the block")  # neither undoes the stop
+    assert sim.call("set_task", "close the drawer").message == "task 'close the drawer' (stopped: start runs it)"
+    assert run_ticks(node, sim, clock, range(5, 6))[0].kind == "hold"
+    calls = len(policy.calls)
+    started = sim.call("start")
+    assert started.success and started.message == "running 'close the drawer'"  # the task set last
+    assert run_ticks(node, sim, clock, range(6, 7))[0].kind == "command"
+    assert len(policy.calls) == calls + 1 and policy.calls[-1][1] == "close the drawer"
+
+
+def test_the_set_task_service_changes_the_instruction_of_a_running_node(bus):
+    policy = ChunkPolicy(actions(60, 12) * 0.1)
+    clock = Clock()
+    node = autostart(make_node(bus, policy, clock=clock))
+    sim = Sim(bus)
+    refused = sim.call("start")  # no task yet
+    assert not refused.success and refused.message == "start needs a task: send an instruction or set_task first"
+    sim.say("instruction", "open the drawer")
+    run_ticks(node, sim, clock, range(2))
+    assert policy.calls[-1][1] == "open the drawer"
+    response = sim.call("set_task", "  turn on the led ")
+    assert response.__msgtype__ == "dream_policy_interfaces/srv/SetTask_Response"
+    assert response.success and response.message == "task 'turn on the led'"
+    # a new task clears the chunks: the next tick infers again, with the new instruction
+    assert run_ticks(node, sim, clock, range(2, 3))[0].kind == "command"
+    assert policy.calls[-1][1] == "turn on the led"
+    node.publish_diagnostics()
+    assert json.loads(bus.messages(DIAGNOSTICS)[-1].data)["task"] == "turn on the led"
+    empty = sim.call("set_task", " ")
+    assert not empty.success and "non-empty text" in empty.message and node.runner.task == "turn on the led"
+
+
+def test_services_answer_but_do_nothing_while_the_node_is_unconfigured(bus):
+    node = make_node(bus, ChunkPolicy(actions(3, 13)))
+    node.configure()
+    node.cleanup()  # the services stay, the runner is gone
+    sim = Sim(bus)
+    response = sim.call("stop")
+    assert not response.success and response.message == "node 'dream_policy' is unconfigured"
+
+
+def test_a_service_type_the_transport_lacks_is_left_out(bus, caplog):
+    class NoSetTask(FakeTransport):
+        def create_service(self, name, srv_type, handler):
+            if srv_type == SET_TASK:
+                raise LookupError(f"service type {srv_type} is not installed")
+            return super().create_service(name, srv_type, handler)
+
+    node = PolicyNode(NoSetTask("dream_policy", bus), CONTRACT, lambda: ChunkPolicy(actions(3, 14)),
+                      clock=Clock(), timer_factory=ManualTimer, worker_factory=InlineWorker)
+    autostart(node)
+    assert bus.server(SERVICES.stop) is not None and bus.server(SERVICES.set_task) is None
+    assert f"service {SERVICES.set_task} is not served: service type {SET_TASK} is not installed" in caplog.text
 
 
 def test_deactivate_publishes_a_safe_stop_and_activate_goes_on(bus):
@@ -368,6 +443,36 @@ def test_fake_transport_checks_types_names_and_qos(bus):
     late: list = []
     a.create_subscription("/latched", STRING, late.append, QosProfile(5, durability=Durability.TRANSIENT_LOCAL))
     assert [m.data for m in late] == ["y", "z"]  # the publisher's last ``depth``
+
+
+def test_fake_transport_services_check_types_and_servers(bus):
+    server, caller = FakeTransport("server", bus), FakeTransport("caller", bus)
+    requests: list = []
+    server.create_service("/node/set_task", SET_TASK,
+                          lambda request: requests.append(request) or SET_TASK_RESPONSE(True, request.task.upper()))
+    client = caller.create_client("/node/set_task", SET_TASK)
+    assert client.service_is_ready()
+    assert client.call(SET_TASK_REQUEST(task="stack")).message == "STACK" and requests[0].task == "stack"
+    with pytest.raises(TypeError, match="takes dream_policy_interfaces/srv/SetTask_Request"):
+        client.call(TRIGGER_REQUEST())
+    with pytest.raises(ValueError, match="already has a server"):
+        caller.create_service("/node/set_task", SET_TASK, lambda request: None)
+    with pytest.raises(ValueError, match="unknown service type 'std_srvs/srv/Nope'"):
+        caller.create_client("/node/other", "std_srvs/srv/Nope")
+    with pytest.raises(ValueError, match="no '~'"):
+        caller.create_client("~/private", TRIGGER)
+    wrong = caller.create_client("/node/set_task", TRIGGER)
+    with pytest.raises(TypeError, match="is a dream_policy_interfaces/srv/SetTask, not a std_srvs/srv/Trigger"):
+        wrong.call(TRIGGER_REQUEST())
+    server.create_service("/node/broken", TRIGGER, lambda request: SET_TASK_RESPONSE(True, ""))
+    with pytest.raises(TypeError, match="returned .* not std_srvs/srv/Trigger_Response"):
+        caller.create_client("/node/broken", TRIGGER).call(TRIGGER_REQUEST())
+    caller.create_publisher("/node/set_task", STRING)  # topics and services have names of their own
+    server.close()
+    assert not client.service_is_ready()
+    with pytest.raises(TimeoutError, match=r"service /node/set_task \(dream_policy_interfaces/srv/SetTask\): "
+                                           "no server within 2 s"):
+        client.call(SET_TASK_REQUEST(task="stack"), timeout=2.0)
 
 
 def test_thread_timer_ticks_until_stopped_and_the_worker_runs_one_job_at_a_time():

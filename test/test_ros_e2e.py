@@ -1,6 +1,7 @@
 """The sim node and the policy node as separate processes over DDS on loopback, judged from this process
 (a third DDS participant): the scripted expert and the shipped checkpoint on play-table tasks through
-``dream-policy up``, and faults (a killed policy node, a malformed image, a camera that stops)."""
+``dream-policy up``, the policy node's services called from here, and faults (a killed policy node, a
+malformed image, a camera that stops)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ros_nodes.contract import FLOAT64, FLOAT64_ARRAY, IMAGE_FEATURES, SCENE_OBS
 from ros_nodes.convert import TYPESTORE, command_to_pose, header, pose_to_tcp, rgb_to_image
 from ros_nodes.launcher import POLICY_NODE, Launch, NodeProcess, node_env, policy_args
 from ros_nodes.policy_node import CLOCK, CLOCK_TOPIC, DEFAULT_CONTRACT, transport_qos
+from ros_nodes.transport.base import SET_TASK, TRIGGER, service_classes
 from ros_nodes.types import Command
 from sim.snapshot import Snapshot
 from sim.task_oracle import TaskOracle
@@ -282,6 +284,47 @@ def test_a_stopped_camera_holds_and_commands_resume_when_frames_return(domain: d
         # ... and a hold within 2 control periods of the stale limit (+ half a period: the node's ticks and the
         # sim's are not phase-locked)
         assert first_hold <= stopped + stale_s + 2.5 * PERIOD
+        assert policy.running
+    finally:
+        sim.stop()
+        code = policy.stop()
+    assert code == 0, output[-20:]
+
+
+def test_the_policy_node_serves_stop_start_and_set_task(domain: dict[str, str], probe: Probe):
+    """The contract's services of a policy node process, called from here over DDS (the policy node alone
+    against the fake sim): stop holds from the next tick, set_task changes the task, start runs it."""
+    output: list[str] = []
+    policy = NodeProcess("policy", "ros_nodes.policy_node",
+                         policy_args(DEFAULT_CONTRACT, "expert", diagnostics_period_s=PERIOD / 2), domain,
+                         output.append)
+    sim = FakeSim(probe.transport)
+    sim.start()
+    services = CONTRACT.services
+    clients = {name: probe.transport.create_client(getattr(services, name), srv_type)
+               for name, srv_type in [("start", TRIGGER), ("stop", TRIGGER), ("set_task", SET_TASK)]}
+    trigger, set_task = service_classes(TRIGGER)[0](), service_classes(SET_TASK)[0]
+    try:
+        text = probe.transport.create_publisher(CONTRACT.instruction.topic, STRING,
+                                                transport_qos(CONTRACT.instruction.qos, CONTRACT.instruction.topic))
+        text.publish(T[STRING](data="turn on the led"))
+        wait_for(lambda: probe.diagnostics and probe.diagnostics[-1]["last_decision"] == "command", 30,
+                 f"commands; output: {output[-10:]}")
+        stopped = clients["stop"].call(trigger, timeout=10)
+        stopped_at = sim.t  # the node's time is at most this when it answered
+        assert stopped.success and stopped.message == "stopped: holding the last command until start"
+
+        def after_stop() -> list[dict]:  # ticks a period after the answer, at the latest (the clock's lag)
+            return [d for d in list(probe.diagnostics) if d["time"] is not None and d["time"] > stopped_at + PERIOD]
+
+        wait_for(lambda: len(after_stop()) >= 6, 10, "diagnostics after the stop")
+        assert {d["last_decision"] for d in after_stop()} == {"hold"} and after_stop()[-1]["stopped"]
+        changed = clients["set_task"].call(set_task(task="open the drawer"), timeout=10)
+        assert changed.success and changed.message == "task 'open the drawer' (stopped: start runs it)"
+        started = clients["start"].call(trigger, timeout=10)
+        assert started.success and started.message == "running 'open the drawer'"
+        wait_for(lambda: probe.diagnostics[-1]["last_decision"] == "command", 10, "commands after start")
+        assert probe.diagnostics[-1]["task"] == "open the drawer" and not probe.diagnostics[-1]["stopped"]
         assert policy.running
     finally:
         sim.stop()

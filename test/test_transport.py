@@ -1,5 +1,6 @@
 """The DDS transport: IDL types generated from rosbags definitions, loopback pub/sub in one process and
-between two processes, and backend selection."""
+between two processes, services (rmw_cyclonedds's request header on the wire, calls between participants,
+timeouts, the header echoed), and backend selection."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.util
 import multiprocessing
 import os
 import random
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +16,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cyclonedds.domain import DomainParticipant
+from cyclonedds.pub import DataWriter
+from cyclonedds.sub import DataReader
+from cyclonedds.topic import Topic
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.msg import get_types_from_msg
 
@@ -26,10 +32,23 @@ from ros_nodes.transport import (
     make_transport,
     ros_typestore,
 )
-from ros_nodes.transport.dds import DdsTransport, IdlTypes, dds_topic_name, idl_types, loopback_config
+from ros_nodes.transport.base import SET_TASK, TRIGGER, service_classes, service_type_names
+from ros_nodes.transport.dds import (
+    SERVICE_QOS,
+    CddsRequestHeader,
+    DdsTransport,
+    IdlTypes,
+    dds_service_topic_names,
+    dds_topic_name,
+    endpoint_qos,
+    idl_types,
+    loopback_config,
+)
 
 TYPES = ros_typestore().types
 IMAGE_BYTES = 200 * 200 * 3
+TRIGGER_REQUEST, TRIGGER_RESPONSE = service_classes(TRIGGER)
+SET_TASK_REQUEST, SET_TASK_RESPONSE = service_classes(SET_TASK)
 
 
 def _stamp(ns: int, frame_id: str = "base") -> Any:
@@ -122,6 +141,33 @@ def test_topic_names_follow_rmw():
     for bad in ("~/private", "/a//b", "/a/", "/1a"):
         with pytest.raises(ValueError, match="ROS name"):
             dds_topic_name(bad)
+
+
+@pytest.mark.parametrize("srv_type, request_msg, response_msg", [
+    (TRIGGER, TRIGGER_REQUEST(), TRIGGER_RESPONSE(True, "stopped ✓")),
+    (SET_TASK, SET_TASK_REQUEST("open the drawer"), SET_TASK_RESPONSE(False, "")),
+])
+def test_service_types_and_payloads_follow_rmw_cyclonedds(srv_type: str, request_msg: Any, response_msg: Any):
+    """Type names ``pkg::srv::dds_::X_Request_``/``X_Response_``; payload: the encapsulation header, then
+    cdds_request_header_t (uint64 guid, int64 seq, little endian here), then the message's CDR."""
+    types = idl_types(ros_typestore())
+    package, _, name = srv_type.split("/")
+    guid, seq = 0x0123456789ABCDEF, 42
+    for msg_type, msg, kind in zip(service_type_names(srv_type, ros_typestore()), (request_msg, response_msg),
+                                   ("Request", "Response")):
+        binding = types.service_binding(msg_type)
+        assert binding.idl_cls.__idl_typename__ == f"{package}::srv::dds_::{name}_{kind}_"
+        sample = binding.to_idl(msg)
+        sample.cdds_request_header = CddsRequestHeader(guid, seq)
+        cdr = _cdr(msg)
+        assert sample.serialize() == cdr[:4] + struct.pack("<Qq", guid, seq) + cdr[4:]
+        back = type(sample).deserialize(sample.serialize())
+        assert back.cdds_request_header == CddsRequestHeader(guid, seq) and _cdr(binding.from_idl(back)) == cdr
+    assert _cdr(TRIGGER_REQUEST()) == b"\x00\x01\x00\x00\x00"  # rosidl's placeholder member of an empty message
+    assert dds_service_topic_names("/dream_policy/stop") == ("rq/dream_policy/stopRequest", "rr/dream_policy/stopReply")
+    assert dds_service_topic_names("set_task") == ("rq/set_taskRequest", "rr/set_taskReply")
+    with pytest.raises(ValueError, match="ROS name"):
+        dds_service_topic_names("~/stop")
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +299,123 @@ def test_make_transport_picks_a_backend(loopback: dict[str, str]):
     transport = make_transport("auto", node_name="policy")
     assert isinstance(transport, DdsTransport)
     transport.close()
+
+
+@pytest.mark.slow
+def test_services_answer_calls_from_another_participant(nodes: tuple[DdsTransport, DdsTransport]):
+    server, caller = nodes
+    stops: list[Any] = []
+    server.create_service("/dream_policy/stop", TRIGGER,
+                          lambda request: stops.append(request) or TRIGGER_RESPONSE(True, f"stop {len(stops)}"))
+    server.create_service("/dream_policy/set_task", SET_TASK,
+                          lambda request: SET_TASK_RESPONSE(True, f"task {request.task!r}"))
+    stop = caller.create_client("/dream_policy/stop", TRIGGER)
+    for n in (1, 2):
+        response = stop.call(TRIGGER_REQUEST(), timeout=10)
+        assert response.__msgtype__ == "std_srvs/srv/Trigger_Response"
+        assert response.success and response.message == f"stop {n}"
+    assert len(stops) == 2
+    # two clients of one service read each other's replies: each call returns the reply to its own request
+    set_task = [caller.create_client("/dream_policy/set_task", SET_TASK) for _ in range(2)]
+    results: dict[str, str] = {}
+
+    def call(client: Any, task: str) -> None:
+        for k in range(5):
+            results[f"{task} {k}"] = client.call(SET_TASK_REQUEST(f"{task} {k}"), timeout=10).message
+
+    threads = [threading.Thread(target=call, args=(client, task)) for client, task in zip(set_task, "ab")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {f"{t} {k}": f"task '{t} {k}'" for t in "ab" for k in range(5)}
+    with pytest.raises(TypeError, match="takes std_srvs/srv/Trigger_Request"):
+        stop.call(SET_TASK_REQUEST("x"))
+
+
+@pytest.mark.slow
+def test_a_call_times_out_naming_the_service(nodes: tuple[DdsTransport, DdsTransport]):
+    server, caller = nodes
+    client = caller.create_client("/dream_policy/start", TRIGGER)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"service /dream_policy/start \(std_srvs/srv/Trigger\): no server within "
+                                           r"0.5 s"):
+        client.call(TRIGGER_REQUEST(), timeout=0.5)
+    assert 0.5 <= time.monotonic() - started < 3.0
+    assert not client.service_is_ready()
+
+    def fail(request: Any) -> Any:
+        raise RuntimeError("a bug in the handler")
+
+    server.create_service("/dream_policy/start", TRIGGER, fail)  # logged; the request gets no response
+    assert _wait_for(client.service_is_ready)
+    with pytest.raises(TimeoutError, match=r"service /dream_policy/start \(std_srvs/srv/Trigger\): no response"):
+        client.call(TRIGGER_REQUEST(), timeout=1.0)
+
+
+class RawEndpoints:
+    """A request writer and reply reader (or the reverse) on a participant of their own, outside the transport:
+    what an rmw_cyclonedds client or server puts on the wire, header included."""
+
+    def __init__(self, service: str, srv_type: str, client: bool) -> None:
+        types = idl_types(ros_typestore())
+        request, response = (types.service_binding(name) for name in service_type_names(srv_type, ros_typestore()))
+        self.request, self.response = request, response
+        self.participant = DomainParticipant()
+        request_name, reply_name = dds_service_topic_names(service)
+        qos = endpoint_qos(SERVICE_QOS, "clientid=raw;" if client else "serviceid=raw;")
+        request_topic = Topic(self.participant, request_name, request.idl_cls)
+        reply_topic = Topic(self.participant, reply_name, response.idl_cls)
+        if client:
+            self.writer = DataWriter(self.participant, request_topic, qos=qos)
+            self.reader = DataReader(self.participant, reply_topic, qos=qos)
+        else:
+            self.writer = DataWriter(self.participant, reply_topic, qos=qos)
+            self.reader = DataReader(self.participant, request_topic, qos=qos)
+
+    def write(self, binding: Any, msg: Any, guid: int, seq: int) -> None:
+        sample = binding.to_idl(msg)
+        sample.cdds_request_header = CddsRequestHeader(guid, seq)
+        self.writer.write(sample)
+
+    def take_one(self, timeout: float = 10.0) -> Any:
+        samples: list[Any] = []
+        assert _wait_for(lambda: samples.extend(s for s in self.reader.take(10) if hasattr(s, "cdds_request_header"))
+                         or samples, timeout)
+        return samples[0]
+
+    def close(self) -> None:
+        self.participant.__del__()
+
+
+@pytest.mark.slow
+def test_the_server_echoes_the_request_header_and_the_client_matches_it(nodes: tuple[DdsTransport, DdsTransport]):
+    server, caller = nodes
+    server.create_service("/dream_policy/set_task", SET_TASK, lambda request: SET_TASK_RESPONSE(True, request.task))
+    raw_client = RawEndpoints("/dream_policy/set_task", SET_TASK, client=True)
+    try:
+        assert _wait_for(lambda: raw_client.writer.get_matched_subscriptions() and
+                         raw_client.reader.get_matched_publications())
+        raw_client.write(raw_client.request, SET_TASK_REQUEST("stack"), guid=0xFEDCBA9876543210, seq=42)
+        reply = raw_client.take_one()
+        assert reply.cdds_request_header == CddsRequestHeader(0xFEDCBA9876543210, 42)
+        assert raw_client.response.from_idl(reply).message == "stack"
+    finally:
+        raw_client.close()
+
+    raw_server = RawEndpoints("/dream_policy/start", TRIGGER, client=False)
+    client = caller.create_client("/dream_policy/start", TRIGGER)
+    try:
+        responses: list[Any] = []
+        thread = threading.Thread(target=lambda: responses.append(client.call(TRIGGER_REQUEST(), timeout=10)))
+        thread.start()
+        request = raw_server.take_one()
+        assert request.cdds_request_header == CddsRequestHeader(client.guid, 1)  # the writer's handle, from 1
+        guid, seq = request.cdds_request_header.guid, request.cdds_request_header.seq
+        raw_server.write(raw_server.response, TRIGGER_RESPONSE(True, "someone else's"), guid + 1, seq)
+        raw_server.write(raw_server.response, TRIGGER_RESPONSE(True, "an older call's"), guid, seq + 7)
+        raw_server.write(raw_server.response, TRIGGER_RESPONSE(True, "yours"), guid, seq)
+        thread.join(10)
+        assert [r.message for r in responses] == ["yours"]
+    finally:
+        raw_server.close()

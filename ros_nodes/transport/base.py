@@ -1,7 +1,11 @@
-"""What node code programs against: a publish/subscribe transport for ROS 2 topics.
+"""What node code programs against: a transport for ROS 2 topics and services.
 
 Messages are rosbags typestore objects (``typestore.types['sensor_msgs/msg/Image'](...)``); two
 backends: plain DDS (``dds``, no ROS install) and rclpy (``rclpy_backend``, on machines with ROS 2).
+
+Services: a service type ``pkg/srv/X`` has the message types ``pkg/srv/X_Request`` and
+``pkg/srv/X_Response`` (ROS 2's names for them). The rosbags typestore has no service types, so the
+ones in ``SERVICE_DEFINITIONS`` are registered into it as such message pairs (``service_classes``).
 """
 
 from __future__ import annotations
@@ -16,10 +20,27 @@ from typing import Any, Protocol
 
 import numpy as np
 from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys.msg import get_types_from_msg
 from rosbags.typesys.store import Typestore
 
 TRANSPORT_KINDS = ("auto", "rclpy", "dds")
 MessageCallback = Callable[[Any], None]
+ServiceHandler = Callable[[Any], Any]  # request -> response
+TRIGGER = "std_srvs/srv/Trigger"
+# No standard ROS 2 service takes a string and answers success + message (std_srvs has Empty, SetBool and
+# Trigger only), so set_task has a type of its own: Trigger's response with a string request. A ROS install
+# needs an interface package ``dream_policy_interfaces`` with srv/SetTask.srv (as in SERVICE_DEFINITIONS).
+SET_TASK = "dream_policy_interfaces/srv/SetTask"
+# .srv definitions (request, response) of the service types the transports know
+SERVICE_DEFINITIONS: dict[str, tuple[str, str]] = {
+    "std_srvs/srv/Empty": ("", ""),
+    "std_srvs/srv/SetBool": ("bool data", "bool success\nstring message"),
+    TRIGGER: ("", "bool success\nstring message"),
+    SET_TASK: ("string task", "bool success\nstring message"),
+}
+# rosidl gives a message without fields this one uint8 member (rosbags' std_msgs/msg/Empty has it too)
+EMPTY_STRUCTURE_MEMBER = "structure_needs_at_least_one_member"
+DEFAULT_CALL_TIMEOUT_S = 5.0
 _NODE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -64,6 +85,28 @@ class Subscription(Protocol):
     topic: str
 
 
+class Service(Protocol):
+    name: str
+    srv_type: str
+
+
+class Client(Protocol):
+    name: str
+    srv_type: str
+
+    def service_is_ready(self) -> bool:
+        """Whether a server of the service is there to call."""
+        ...
+
+    def call(self, request: Any, timeout: float = DEFAULT_CALL_TIMEOUT_S) -> Any:
+        """The service's response to ``request``.
+
+        A TimeoutError naming the service when no server is available or none answers within
+        ``timeout`` seconds.
+        """
+        ...
+
+
 class Transport(Protocol):
     def create_publisher(self, topic: str, msg_type: str | type, qos: QosProfile = DEFAULT) -> Publisher: ...
 
@@ -73,13 +116,51 @@ class Transport(Protocol):
         """``callback(msg)`` runs on the transport's one dispatch thread, one message at a time."""
         ...
 
+    def create_service(self, name: str, srv_type: str, handler: ServiceHandler) -> Service:
+        """``handler(request) -> response`` runs where subscription callbacks run, one call at a time.
+
+        A handler that raises: logged, and no response on DDS (the caller times out), the default
+        response on rclpy; the fake transport raises it to the caller.
+        """
+        ...
+
+    def create_client(self, name: str, srv_type: str) -> Client: ...
+
     def close(self) -> None: ...
 
 
 @lru_cache(maxsize=1)
 def ros_typestore() -> Typestore:
-    """The ROS 2 Jazzy message definitions every transport uses unless given another typestore."""
-    return get_typestore(Stores.ROS2_JAZZY)
+    """The ROS 2 Jazzy message definitions, with the service types registered.
+
+    Every transport uses it unless given another typestore.
+    """
+    typestore = get_typestore(Stores.ROS2_JAZZY)
+    for srv_type in SERVICE_DEFINITIONS:
+        service_type_names(srv_type, typestore)
+    return typestore
+
+
+def service_type_names(srv_type: str, typestore: Typestore) -> tuple[str, str]:
+    """``pkg/srv/X`` -> (``pkg/srv/X_Request``, ``pkg/srv/X_Response``), registered in the typestore."""
+    if srv_type not in SERVICE_DEFINITIONS:
+        raise ValueError(f"unknown service type {srv_type!r}; known: {', '.join(SERVICE_DEFINITIONS)}")
+    names = (f"{srv_type}_Request", f"{srv_type}_Response")
+    if not all(name in typestore.fielddefs for name in names):
+        types: dict[str, Any] = {}
+        for name, definition in zip(names, SERVICE_DEFINITIONS[srv_type]):
+            package, _, type_name = name.split("/")
+            as_msg = f"{package}/msg/{type_name}"  # rosbags parses .msg text only, under a pkg/msg/ name
+            types[name] = get_types_from_msg(definition or f"uint8 {EMPTY_STRUCTURE_MEMBER}", as_msg)[as_msg]
+        typestore.register(types)
+    return names
+
+
+def service_classes(srv_type: str, typestore: Typestore | None = None) -> tuple[type, type]:
+    """The rosbags request and response classes of ``srv_type`` (default: ``ros_typestore()``)."""
+    typestore = typestore or ros_typestore()
+    request, response = service_type_names(srv_type, typestore)
+    return typestore.types[request], typestore.types[response]
 
 
 def message_type_name(msg_type: str | type, typestore: Typestore) -> str:

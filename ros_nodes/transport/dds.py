@@ -10,6 +10,38 @@ type information; this binding sends some), and that rmw accepts the ``typehash=
 here (Jazzy's format). ROS graph information (``ros_discovery_info``) is not published, so ``ros2 node
 list`` does not show these nodes, while ``ros2 topic list/echo`` sees the topics.
 
+Services, as rmw_cyclonedds_cpp implements them (its rmw_node.cpp, serdata.hpp and the CDR writers):
+service ``/a/b`` of type ``pkg/srv/X`` is a request topic ``rq/a/bRequest`` of DDS type
+``pkg::srv::dds_::X_Request_`` and a reply topic ``rr/a/bReply`` of type ``pkg::srv::dds_::X_Response_``,
+the structs of the request and response messages (a message without fields has the one member
+``uint8 structure_needs_at_least_one_member``, as rosidl generates). Every request and reply payload is
+the 4-byte encapsulation header, then ``cdds_request_header_t``: ``uint64 guid`` (the client's id, the
+instance handle of its request writer) and ``int64 seq`` (the client's request number, from 1), in the
+payload's byte order, then the message in classic CDR. The header is 16 bytes, so the message starts
+8-aligned and its bytes are those of the message alone. The server echoes the request's header in the
+reply; a client takes the replies with its guid and the seq it waits for and drops the others (every
+client of a service reads every reply). QoS of both endpoints: reliable, volatile, keep last 10
+(ROS's service default), XCDR1; USER_DATA ``clientid=<id>;`` on a client's writer and reader and
+``serviceid=<id>;`` on a server's, one id per client or server (rmw's is 16 bytes of participant GUID
+prefix and counter in dotted hex; only equality matters). Before replying, the server waits up to
+``REPLY_MATCH_TIMEOUT_S`` for its reply writer to match a reader with the request writer's clientid
+(rmw waits 100 ms, then drops the reply; a writer without clientid is answered at once, and no reply is
+sent once the request writer is gone). Before sending, a client waits until the service is available as
+rmw's ``rmw_service_server_is_available`` decides: a matched request reader and reply writer, and when
+the readers announce a serviceid, a reply writer with one of those ids.
+
+Here the DDS type of both topics is the message's struct with the header as a first member,
+``cdds_request_header`` (``cdds_request_header_t``: ``guid``, ``seq``): a final struct in XCDR1 has no
+member headers or padding before its first member, so the bytes are rmw's header-then-message payload
+(the tests compare them with rosbags' CDR of the message). The header must be a member because the
+cyclonedds binding checks every sample it writes or receives against the topic's type. rmw_cyclonedds
+instead declares the message struct alone and adds the header in its serializer; Jazzy's rmw sends no
+XTypes type information, so Cyclone matches its endpoints with these by type name. Not verifiable
+without a ROS 2 install: that a real rmw_cyclonedds client or server matches these endpoints and reads
+these payloads; rmw_cyclonedds versions that publish XTypes type information (newer than Jazzy) describe
+the struct without the header, and Cyclone would then refuse the match; ``ros2 service list`` does not
+show these services (no ``ros_discovery_info``, as for topics).
+
 Configuration: Cyclone reads ``CYCLONEDDS_URI`` when a process creates the first participant of a domain,
 so set it (e.g. ``os.environ["CYCLONEDDS_URI"] = loopback_config()``) before the first transport.
 The domain id is ``ROS_DOMAIN_ID`` (default 0).
@@ -17,10 +49,12 @@ The domain id is ``ROS_DOMAIN_ID`` (default 0).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, partial
@@ -50,14 +84,17 @@ from rosbags.typesys.store import Typestore
 
 from ros_nodes.transport.base import (
     DEFAULT,
+    DEFAULT_CALL_TIMEOUT_S,
     Durability,
     MessageCallback,
     QosProfile,
     Reliability,
+    ServiceHandler,
     check_node_name,
     message_type_name,
     numpy_dtype,
     ros_typestore,
+    service_type_names,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +108,14 @@ _BASE_TYPES: dict[str, Any] = {
     "float32": idl.float32, "float64": idl.float64,
 }  # fmt: skip
 _TAKE_BATCH = 64
+SERVICE_QOS = QosProfile(10, Reliability.RELIABLE, Durability.VOLATILE)  # rmw_qos_profile_services_default
+REPLY_MATCH_TIMEOUT_S = 1.0
+_POLL_S = 0.005
+_HANDLE_MASK = 2**64 - 1  # the binding returns a local entity's instance handle as a signed int64
+REQUEST_HEADER_MEMBER = "cdds_request_header"
+# rmw_cyclonedds's cdds_request_header_t: the client's id and its request's number
+CddsRequestHeader = make_idl_struct("CddsRequestHeader", "cdds_request_header_t",
+                                    {"guid": idl.uint64, "seq": idl.int64})
 
 
 def loopback_config(interface: str = "lo", max_participants: int = 32) -> str:
@@ -106,9 +151,15 @@ def dds_topic_name(topic: str) -> str:
 
 
 def dds_type_name(msg_type: str) -> str:
-    """``pkg/msg/T`` -> ``pkg::msg::dds_::T_``."""
+    """``pkg/msg/T`` -> ``pkg::msg::dds_::T_`` (``pkg/srv/X_Request`` -> ``pkg::srv::dds_::X_Request_``)."""
     package, kind, name = msg_type.split("/")
     return f"{package}::{kind}::dds_::{name}_"
+
+
+def dds_service_topic_names(service: str) -> tuple[str, str]:
+    """``/a/b`` or ``a/b`` -> (``rq/a/bRequest``, ``rr/a/bReply``)."""
+    name = dds_topic_name(service)[len("rt/"):]
+    return f"rq/{name}Request", f"rr/{name}Reply"
 
 
 @dataclass(frozen=True)
@@ -127,14 +178,26 @@ class IdlTypes:
     def __init__(self, typestore: Typestore) -> None:
         self.typestore = typestore
         self._bindings: dict[str, IdlBinding] = {}
+        self._service_bindings: dict[str, IdlBinding] = {}
 
     def binding(self, msg_type: str) -> IdlBinding:
         if msg_type not in self._bindings:
             self._bindings[msg_type] = self._build(message_type_name(msg_type, self.typestore))
         return self._bindings[msg_type]
 
-    def _build(self, msg_type: str) -> IdlBinding:
-        members: dict[str, Any] = {}
+    def service_binding(self, msg_type: str) -> IdlBinding:
+        """A request or response message as a service topic carries it: behind a request header.
+
+        The header is the struct's first member, ``cdds_request_header`` (a CddsRequestHeader, zero from
+        ``to_idl``); rosbags messages do not have it.
+        """
+        if msg_type not in self._service_bindings:
+            self._service_bindings[msg_type] = self._build(message_type_name(msg_type, self.typestore),
+                                                           request_header=True)
+        return self._service_bindings[msg_type]
+
+    def _build(self, msg_type: str, request_header: bool = False) -> IdlBinding:
+        members: dict[str, Any] = {REQUEST_HEADER_MEMBER: CddsRequestHeader} if request_header else {}
         to_idl: list[tuple[str, Convert]] = []
         from_idl: list[tuple[str, Convert]] = []
         byte_sequences: dict[str, int] = {}
@@ -147,12 +210,14 @@ class IdlTypes:
             from_idl.append((name, back))
             if _is_byte_sequence(desc):
                 byte_sequences[name] = desc[1][1]
-        idl_cls = make_idl_struct(msg_type.replace("/", "_"), dds_type_name(msg_type), members)
+        class_name = msg_type.replace("/", "_") + ("_with_header" if request_header else "")
+        idl_cls = make_idl_struct(class_name, dds_type_name(msg_type), members)
         _serialize_as_bytes(idl_cls, byte_sequences)
         ros_cls = self.typestore.types[msg_type]
 
         def convert_to_idl(msg: Any) -> IdlStruct:
-            return idl_cls(*[to(getattr(msg, name)) for name, to in to_idl])
+            header = [CddsRequestHeader(0, 0)] if request_header else []
+            return idl_cls(*header, *[to(getattr(msg, name)) for name, to in to_idl])
 
         def convert_from_idl(sample: IdlStruct) -> Any:
             return ros_cls(*[back(getattr(sample, name)) for name, back in from_idl])
@@ -239,7 +304,12 @@ def idl_types(typestore: Typestore) -> IdlTypes:
 
 
 def dds_qos(qos: QosProfile, msg_type: str, typestore: Typestore) -> Qos:
-    """Endpoint QoS as rmw_cyclonedds sets it: KEEP_LAST, reliability, durability, XCDR1, type hash."""
+    """Topic endpoint QoS as rmw_cyclonedds sets it: KEEP_LAST, reliability, durability, XCDR1, type hash."""
+    return endpoint_qos(qos, f"typehash={typestore.hash_rihs01(msg_type)};")
+
+
+def endpoint_qos(qos: QosProfile, user_data: str) -> Qos:
+    """KEEP_LAST, reliability, durability, XCDR1 and the USER_DATA text (``key=value;`` pairs)."""
     reliability = (
         Policy.Reliability.Reliable(max_blocking_time=duration(milliseconds=100))
         if qos.reliability == Reliability.RELIABLE
@@ -249,14 +319,25 @@ def dds_qos(qos: QosProfile, msg_type: str, typestore: Typestore) -> Qos:
         Durability.VOLATILE: Policy.Durability.Volatile,
         Durability.TRANSIENT_LOCAL: Policy.Durability.TransientLocal,
     }[qos.durability]
-    type_hash = f"typehash={typestore.hash_rihs01(msg_type)};".encode()
     return Qos(
         Policy.History.KeepLast(qos.depth),
         reliability,
         durability,
         Policy.DataRepresentation(use_cdrv0_representation=True),
-        Policy.Userdata(type_hash),
+        Policy.Userdata(user_data.encode()),
     )
+
+
+def user_data_value(endpoint: Any, key: str) -> str | None:
+    """The value of ``key`` in a discovered endpoint's USER_DATA ``key=value;`` pairs, None if absent."""
+    policy = None if endpoint is None else endpoint.qos[Policy.Userdata]
+    if policy is None:
+        return None
+    for pair in policy.data.decode(errors="replace").split(";"):
+        name, _, value = pair.partition("=")
+        if name == key:
+            return value
+    return None
 
 
 class DdsPublisher:
@@ -298,8 +379,137 @@ class DdsSubscription:
                 return
 
 
+class DdsService:
+    """A server: takes requests on the dispatch thread and answers each with the handler's response."""
+
+    def __init__(self, name: str, srv_type: str, reader: DataReader, writer: DataWriter,
+                 request: IdlBinding, response: IdlBinding, handler: ServiceHandler) -> None:
+        self.name, self.srv_type = name, srv_type
+        self.condition = ReadCondition(reader, SampleState.Any | ViewState.Any | InstanceState.Any)
+        self._reader, self._writer = reader, writer
+        self._request, self._response = request, response
+        self._handler = handler
+
+    def deliver(self) -> None:
+        """Answer every waiting request, in order."""
+        while True:
+            samples = self._reader.take(_TAKE_BATCH, condition=self.condition)
+            for sample in samples:
+                if isinstance(sample, self._request.idl_cls):  # not an instance-state change
+                    self._serve(sample)
+            if len(samples) < _TAKE_BATCH:
+                return
+
+    def _serve(self, sample: IdlStruct) -> None:
+        try:
+            response = self._handler(self._request.from_idl(sample))
+            if getattr(response, "__msgtype__", None) != self._response.msg_type:
+                raise TypeError(f"the handler returned {type(response).__name__}, "
+                                f"not {self._response.msg_type}")
+            reply = self._response.to_idl(response)
+        except Exception:
+            log.exception("service handler for %s failed: the request gets no response", self.name)
+            return
+        if self._wait_for_reply_reader(sample.sample_info.publication_handle):
+            reply.cdds_request_header = sample.cdds_request_header  # echoed: the client's match
+            self._writer.write(reply)
+
+    def _wait_for_reply_reader(self, request_writer: int) -> bool:
+        """Whether the reply can go out: the client's reply reader is matched (rmw waits the same way)."""
+        deadline = time.monotonic() + REPLY_MATCH_TIMEOUT_S
+        while (state := self._client_state(request_writer)) == "waiting":
+            if time.monotonic() >= deadline:
+                log.warning("%s: the client's reply reader did not match within %g s: no response sent",
+                            self.name, REPLY_MATCH_TIMEOUT_S)
+                return False
+            time.sleep(_POLL_S)
+        return state == "ready"
+
+    def _client_state(self, request_writer: int) -> str:
+        """``gone`` (its request writer left), ``ready`` or ``waiting`` (for its reply reader to match)."""
+        writer = self._reader.get_matched_publication_data(request_writer)
+        if writer is None:
+            return "gone"
+        client_id = user_data_value(writer, "clientid")
+        if client_id is None:  # not an rmw_cyclonedds-style client: nothing to wait for
+            return "ready"
+        readers = (self._writer.get_matched_subscription_data(handle)
+                   for handle in self._writer.get_matched_subscriptions())
+        matched = any(user_data_value(reader, "clientid") == client_id for reader in readers)
+        return "ready" if matched else "waiting"
+
+
+class DdsClient:
+    """A client: ``call`` sends a request and waits for its reply on the caller's thread.
+
+    One call at a time (concurrent calls queue on a lock). Calling a service of the same transport from one
+    of its callbacks blocks that service's dispatch thread: the call times out.
+    """
+
+    def __init__(self, name: str, srv_type: str, writer: DataWriter, reader: DataReader,
+                 request: IdlBinding, response: IdlBinding, participant: DomainParticipant) -> None:
+        self.name, self.srv_type = name, srv_type
+        self.guid = writer.instance_handle & _HANDLE_MASK  # the request header's client id, as rmw's
+        self._writer, self._reader = writer, reader
+        self._request, self._response = request, response
+        self._sequence = itertools.count(1)
+        self._lock = threading.Lock()
+        self._condition = ReadCondition(reader, SampleState.Any | ViewState.Any | InstanceState.Any)
+        self._waitset = WaitSet(participant)
+        self._waitset.attach(self._condition)
+
+    def service_is_ready(self) -> bool:
+        """rmw_cyclonedds's test: a matched request reader and reply writer of one server."""
+        readers = [self._writer.get_matched_subscription_data(handle)
+                   for handle in self._writer.get_matched_subscriptions()]
+        writers = [self._reader.get_matched_publication_data(handle)
+                   for handle in self._reader.get_matched_publications()]
+        service_ids = {user_data_value(reader, "serviceid") for reader in readers} - {None}
+        if not service_ids:
+            return bool(readers) and bool(writers)
+        return any(user_data_value(writer, "serviceid") in service_ids for writer in writers)
+
+    def call(self, request: Any, timeout: float = DEFAULT_CALL_TIMEOUT_S) -> Any:
+        """The response; a TimeoutError naming the service when none comes within ``timeout`` s."""
+        if getattr(request, "__msgtype__", None) != self._request.msg_type:
+            raise TypeError(f"service {self.name} takes {self._request.msg_type}, "
+                            f"got {type(request).__name__}")
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            raise self._timeout(timeout, "another call of this client")
+        try:
+            while not self.service_is_ready():
+                if time.monotonic() >= deadline:
+                    raise self._timeout(timeout, "no server")
+                time.sleep(_POLL_S)
+            header = CddsRequestHeader(self.guid, next(self._sequence))
+            sample = self._request.to_idl(request)
+            sample.cdds_request_header = header
+            self._writer.write(sample)
+            return self._response.from_idl(self._reply(header, deadline, timeout))
+        finally:
+            self._lock.release()
+
+    def _reply(self, header: IdlStruct, deadline: float, timeout: float) -> IdlStruct:
+        """The reply with ``header``; replies to other clients and to earlier calls are dropped."""
+        while True:
+            for reply in self._reader.take(_TAKE_BATCH, condition=self._condition):
+                if isinstance(reply, self._response.idl_cls) and reply.cdds_request_header == header:
+                    return reply
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._timeout(timeout, "no response")
+            self._waitset.wait(duration(seconds=remaining))
+
+    def _timeout(self, timeout: float, what: str) -> TimeoutError:
+        return TimeoutError(f"service {self.name} ({self.srv_type}): {what} within {timeout:g} s")
+
+
 class DdsTransport:
-    """One DDS participant (the "node"); callbacks of all its subscriptions run on one dispatch thread."""
+    """One DDS participant (the "node").
+
+    Subscription callbacks and service handlers all run on its one dispatch thread.
+    """
 
     def __init__(self, node_name: str, domain_id: int | None = None,
                  typestore: Typestore | None = None) -> None:
@@ -315,7 +525,9 @@ class DdsTransport:
             ) from error
         self._topics: dict[str, tuple[Topic, IdlBinding]] = {}
         self._publishers: list[DdsPublisher] = []  # kept, as rclpy nodes keep theirs, until close()
-        self._subscriptions: list[DdsSubscription] = []
+        self._receivers: list[DdsSubscription | DdsService] = []  # served by the dispatch thread
+        self._clients: list[DdsClient] = []
+        self._endpoint_ids = itertools.count(1)
         self._waitset = WaitSet(self._participant)
         self._wakeup = GuardCondition(self._participant)
         self._waitset.attach(self._wakeup)
@@ -337,15 +549,34 @@ class DdsTransport:
         reader = DataReader(self._participant, dds_topic,
                             qos=dds_qos(qos, binding.msg_type, self._types.typestore))
         subscription = DdsSubscription(topic, reader, binding, callback)
-        self._subscriptions.append(subscription)
-        self._waitset.attach(subscription.condition)
-        self._wakeup.set(True)  # the dispatch thread may be waiting on the set as it was before the attach
+        self._dispatch_from(subscription)
         return subscription
+
+    def create_service(self, name: str, srv_type: str, handler: ServiceHandler) -> DdsService:
+        """Serve ``name``: ``handler(request) -> response`` runs on the dispatch thread."""
+        request, response = self._service_bindings(srv_type)
+        request_topic, reply_topic = self._service_topics(name, request, response)
+        qos = endpoint_qos(SERVICE_QOS, f"serviceid={self._endpoint_id()};")
+        service = DdsService(name, srv_type, DataReader(self._participant, request_topic, qos=qos),
+                             DataWriter(self._participant, reply_topic, qos=qos), request, response, handler)
+        self._dispatch_from(service)
+        return service
+
+    def create_client(self, name: str, srv_type: str) -> DdsClient:
+        request, response = self._service_bindings(srv_type)
+        request_topic, reply_topic = self._service_topics(name, request, response)
+        qos = endpoint_qos(SERVICE_QOS, f"clientid={self._endpoint_id()};")
+        client = DdsClient(name, srv_type, DataWriter(self._participant, request_topic, qos=qos),
+                           DataReader(self._participant, reply_topic, qos=qos), request, response,
+                           self._participant)
+        self._clients.append(client)
+        return client
 
     def close(self) -> None:
         """Stop the dispatch thread and delete the participant with all its readers and writers."""
         if threading.current_thread() is self._thread:
-            raise RuntimeError("close() from a subscription callback would delete the reader it runs on")
+            raise RuntimeError("close() from a callback or service handler would delete the reader it "
+                               "runs on")
         if self._closed:
             return
         self._closed = True
@@ -354,16 +585,40 @@ class DdsTransport:
         self._participant.__del__()  # dds_delete, recursive; the cyclonedds binding has no public delete
 
     def _topic(self, topic: str, msg_type: str | type) -> tuple[Topic, IdlBinding]:
-        if self._closed:
-            raise RuntimeError(f"transport {self.node_name!r} is closed")
+        self._check_open()
         binding = self._types.binding(message_type_name(msg_type, self._types.typestore))
-        name = dds_topic_name(topic)
+        return self._dds_topic(dds_topic_name(topic), binding, f"topic {topic}"), binding
+
+    def _service_bindings(self, srv_type: str) -> tuple[IdlBinding, IdlBinding]:
+        self._check_open()
+        request, response = service_type_names(srv_type, self._types.typestore)
+        return self._types.service_binding(request), self._types.service_binding(response)
+
+    def _service_topics(self, name: str, request: IdlBinding, response: IdlBinding) -> tuple[Topic, Topic]:
+        request_name, reply_name = dds_service_topic_names(name)
+        return (self._dds_topic(request_name, request, f"service {name}"),
+                self._dds_topic(reply_name, response, f"service {name}"))
+
+    def _dds_topic(self, name: str, binding: IdlBinding, what: str) -> Topic:
+        """The participant's one Topic of DDS topic ``name``; ``what`` names it in errors."""
         if name not in self._topics:
             self._topics[name] = (Topic(self._participant, name, binding.idl_cls), binding)
         elif self._topics[name][1] is not binding:
-            raise ValueError(f"topic {topic} has type {self._topics[name][1].msg_type}, "
-                             f"not {binding.msg_type}")
-        return self._topics[name]
+            raise ValueError(f"{what} has type {self._topics[name][1].msg_type}, not {binding.msg_type}")
+        return self._topics[name][0]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"transport {self.node_name!r} is closed")
+
+    def _endpoint_id(self) -> str:
+        """A client or server id as rmw makes it: participant GUID prefix and a counter, in dotted hex."""
+        return (self._participant.guid.bytes[:12] + next(self._endpoint_ids).to_bytes(4, "big")).hex(".")
+
+    def _dispatch_from(self, receiver: DdsSubscription | DdsService) -> None:
+        self._receivers.append(receiver)
+        self._waitset.attach(receiver.condition)
+        self._wakeup.set(True)  # the dispatch thread may be waiting on the set as it was before the attach
 
     def _dispatch(self) -> None:
         while True:
@@ -371,5 +626,5 @@ class DdsTransport:
             self._wakeup.set(False)  # before the check: close() sets _closed first, then the guard
             if self._closed:
                 return
-            for subscription in list(self._subscriptions):
-                subscription.deliver()
+            for receiver in list(self._receivers):
+                receiver.deliver()
