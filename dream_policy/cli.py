@@ -90,10 +90,22 @@ COMMANDS: dict[str, Command] = {
             "dream_policy.train_command:train_command",
         ),
         Command(
+            "pack",
+            "copy a CALVIN-format data set at model resolution for fast (GPU) training",
+            "pack",
+            "dream_policy.data.packed:pack_command",
+        ),
+        Command(
             "calibrate-cache",
             "calibrate a Block-wise Adaptive Caching schedule for a checkpoint's DiT head",
             "calibrate-cache",
             "dream_policy.calibrate_cache:calibrate_command",
+        ),
+        Command(
+            "bag2data",
+            "convert rosbag2 teleoperation recordings into a CALVIN-format data set",
+            "bag2data",
+            "ros_nodes.bag_to_dataset:bag2data_command",
         ),
         Command(
             "up",

@@ -43,8 +43,8 @@ def test_policy_features_follow_the_calvin_schema() -> None:
         k: (f.dtype, f.shape) for k, f in FEATURES.items()}
     schema = {**FRAME_KEYS, **EXTRA_FRAME_KEYS}
     assert all((f.kind, f.shape) == schema[f.key] for f in POLICY_FEATURES)
-    assert {f.key for f in POLICY_FEATURES if f.optional} == {"depth_static", "depth_gripper",
-                                                               "seg_static", "seg_gripper"}
+    assert {f.key for f in POLICY_FEATURES if f.optional} == {"depth_static", "depth_gripper",  # absent in
+                                                               "seg_static", "seg_gripper", "scene_obs"}  # real data
     assert feature("scene_obs").role == "target" and feature("rel_actions").role == "action"
     assert LANG_FEATURE.shape == (384,)
 

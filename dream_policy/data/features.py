@@ -74,7 +74,7 @@ POLICY_FEATURES: tuple[Feature, ...] = (
     calvin_feature("depth_gripper", role="target", optional=True),
     calvin_feature("seg_static", role="target", optional=True),
     calvin_feature("seg_gripper", role="target", optional=True),
-    calvin_feature("scene_obs", role="target"),
+    calvin_feature("scene_obs", role="target", optional=True),  # sim-only (real robots: bag2data)
 )
 FEATURES: dict[str, Feature] = {f.key: f for f in POLICY_FEATURES}
 # Per-sample, not per-frame: the MiniLM embedding of the instruction (auto_lang_ann language.emb).
