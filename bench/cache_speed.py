@@ -97,7 +97,8 @@ def step_latency_ms(policy: DreamPolicy, schedule: CacheSchedule | None, steps: 
     return 1000 * np.asarray(times)
 
 
-def closed_loop(ckpt: Path, schedule: CacheSchedule | None, chains: int, workers: int, out: Path) -> dict:
+def closed_loop(ckpt: Path, schedule: CacheSchedule | None, chains: int, workers: int, out: Path,
+                ddim_steps: int | None = None) -> dict:
     from sim.evaluate import evaluate, select_chains
 
     path = out / "schedule.json"
@@ -105,8 +106,10 @@ def closed_loop(ckpt: Path, schedule: CacheSchedule | None, chains: int, workers
     if schedule is not None:
         schedule.save(path)
         cache = str(path)
-    return evaluate(select_chains(chains, None), "checkpoint", {"ckpt": str(ckpt.resolve()), "cache": cache},
-                    workers=workers, out_dir=out)
+    options = {"ckpt": str(ckpt.resolve()), "cache": cache}
+    if ddim_steps is not None:
+        options["ddim_steps"] = ddim_steps
+    return evaluate(select_chains(chains, None), "checkpoint", options, workers=workers, out_dir=out)
 
 
 def collect_small(out: Path) -> Path:
@@ -124,6 +127,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4, 5])
     parser.add_argument("--budget", type=int, default=3, help="the shipped budget (closed loop, head_speedup)")
     parser.add_argument("--bubbling-blocks", type=int, default=3)
+    parser.add_argument("--ddim-steps", type=int, default=None, help="override the checkpoint's DDIM steps")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--steps", type=int, default=100, help="step() calls timed per mode")
@@ -134,7 +138,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/cache_bench"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    policy = DreamPolicy.from_checkpoint(args.ckpt, cache="none")
+    policy = DreamPolicy.from_checkpoint(args.ckpt, cache="none", ddim_steps=args.ddim_steps)
     model, cfg = policy.model, policy.model.config
     print(f"# BAC bench, {datetime.date.today()}, {platform.processor() or platform.machine()}, torch "
           f"{torch.__version__}, 1 thread, {args.ckpt}, DiT depth {cfg.dit.depth} x 3 sub-blocks, "
@@ -176,7 +180,7 @@ def main() -> None:
             out = args.out / f"{mode}_{args.budget}"
             out.mkdir(parents=True, exist_ok=True)
             r = closed_loop(args.ckpt, None if mode == "none" else schedules[(mode, args.budget)], args.chains,
-                            args.workers, out)
+                            args.workers, out, args.ddim_steps)
             results[mode] = r
             print(f"  {mode:8s} avg_seq_len {r['avg_seq_len']:.2f}  chain_sr "
                   + " ".join(f"{x:.2f}" for x in r["chain_sr"]))

@@ -116,7 +116,8 @@ def calibrate_command(cfg: Mapping[str, Any]) -> None:
 
     torch.set_num_threads(int(cfg.get("torch_threads") or 1))
     ckpt = Path(str(cfg["ckpt"]))
-    policy = DreamPolicy.from_checkpoint(ckpt, cache="none")
+    steps = cfg.get("ddim_steps")
+    policy = DreamPolicy.from_checkpoint(ckpt, cache="none", ddim_steps=None if steps is None else int(steps))
     model, dit_cfg = policy.model, policy.model.config.dit
     num_steps = policy.model.config.ddim_steps
     budget = int(cfg["budget"])

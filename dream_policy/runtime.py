@@ -58,13 +58,20 @@ class DreamPolicy:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
                         text_encoder: TextEncoder | None = None, action_horizon: int | None = None,
-                        cache: str | Path = "auto", history_cache: bool = True) -> DreamPolicy:
-        """Restore a checkpoint folder written by ``dream-policy train`` (``cache``: see the module)."""
+                        cache: str | Path = "auto", history_cache: bool = True,
+                        ddim_steps: int | None = None) -> DreamPolicy:
+        """Restore a checkpoint folder written by ``dream-policy train`` (``cache``: see the module).
+
+        ``ddim_steps`` overrides the number of DDIM denoising steps the checkpoint was configured with
+        (a cache schedule must have been calibrated for the same number)."""
         path = Path(path)
         full = load_config(path)
         if "model_config" not in full:
             raise ValueError(f"{path}: config.yaml has no 'model_config'; was it written by dream-policy train?")
-        config = DreamVLAConfig.from_dict(full["model_config"])
+        values = dict(full["model_config"])
+        if ddim_steps is not None:
+            values["ddim_steps"] = int(ddim_steps)
+        config = DreamVLAConfig.from_dict(values)
         model = DreamVLA(config)
         load_weights(path, model, name=EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS)
         normalizer = Normalizer.from_dict(load_normalization(path))
@@ -157,9 +164,10 @@ def find_schedule(ckpt: Path, cache: str | Path) -> CacheSchedule | None:
 
 
 def make_checkpoint_policy(ckpt: str | None = None, device: str = "cpu", action_horizon: int | None = None,
-                           cache: str = "auto", **_: object) -> DreamPolicy:
-    """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k] [cache=auto|none|PATH]``)."""
+                           cache: str = "auto", ddim_steps: int | None = None, **_: object) -> DreamPolicy:
+    """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k] [cache=auto|none|PATH] [ddim_steps=n]``)."""
     if not ckpt:
         raise ValueError("policy=checkpoint needs ckpt=PATH (a checkpoint folder from dream-policy train)")
     torch.set_num_threads(1)  # small networks on a 2-core CPU: threads cost more than they give
-    return DreamPolicy.from_checkpoint(ckpt, device, action_horizon=action_horizon, cache=cache)
+    return DreamPolicy.from_checkpoint(ckpt, device, action_horizon=action_horizon, cache=cache,
+                                       ddim_steps=ddim_steps)

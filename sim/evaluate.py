@@ -348,6 +348,8 @@ def policy_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
         options["action_horizon"] = int(cfg["action_horizon"])
     if cfg.get("cache") is not None:
         options["cache"] = str(cfg["cache"])
+    if cfg.get("ddim_steps") is not None:
+        options["ddim_steps"] = int(cfg["ddim_steps"])
     return options
 
 

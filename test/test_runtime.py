@@ -148,3 +148,21 @@ def test_eval_runs_a_checkpoint_on_the_play_table(checkpoint, tmp_path):
     results = evaluate([(0, generate_chains(1)[0])], "checkpoint", {"ckpt": str(checkpoint)}, workers=1,
                        ep_len=2, out_dir=tmp_path, render=True)
     assert results["num_chains"] == 1 and (tmp_path / "results.json").is_file()
+
+
+def test_ddim_steps_override_reaches_the_sampler(checkpoint):
+    more = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), ddim_steps=20)
+    assert more.model.config.ddim_steps == 20
+    seen = []
+    sample = more.model.schedule.ddim_sample
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["steps"])
+        return sample(*args, **kwargs)
+
+    more.model.schedule.ddim_sample = spy
+    assert more.predict_chunk(obs(np.random.default_rng(4)), "x").shape == (more.model.config.chunk, 7)
+    assert seen == [20]
+    with pytest.raises(ValueError, match="ddim_steps"):
+        DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), ddim_steps=1000)  # > train_steps
+    assert make_checkpoint_policy(str(checkpoint), ddim_steps=20).model.config.ddim_steps == 20
