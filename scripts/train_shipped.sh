@@ -10,7 +10,9 @@
 # collecting and packing, less SAVE_S (default 45) for validation and saving, and the cosine schedule
 # (trainer.total_steps) is sized to that time by a short speed probe (scripts/probe_train_speed.py).
 # Environment: DATA (default /dev/shm/playtable_D when it has room, else data/playtable_D),
-# WORKERS (default: all cores), PYTHON (default python3), BATCH, LR, STEPS (skip the probe).
+# WORKERS (default: all cores), PYTHON (default python3), BATCH, LR, STEPS (skip the probe),
+# WINDOW (frames of each successful attempt annotated with its instruction; default 64 as in CALVIN:
+# the expert's rotations and lightbulb tasks take ~100 steps, so 160 labels whole attempts).
 set -euo pipefail
 RUN=${1:?usage: train_shipped.sh RUN_DIR [EPISODES] [MINUTES]}
 EPISODES=${2:-96}
@@ -36,7 +38,7 @@ fi
 echo "data=$DATA episodes=$EPISODES workers=$WORKERS precision=$PRECISION batch=$BATCH lr=$LR"
 if [ ! -d "$DATA/training" ]; then
   MUJOCO_GL=${MUJOCO_GL:-egl} $PY -m dream_policy collect scene=D num_episodes="$EPISODES" episode_len=1024 \
-    workers="$WORKERS" out="$DATA"
+    workers="$WORKERS" window="${WINDOW:-64}" out="$DATA"
 fi
 echo "collect took $(( $(date +%s) - T0 )) s"
 if [ ! -d "$PACKED/training" ]; then
