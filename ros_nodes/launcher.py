@@ -148,10 +148,11 @@ class NodeProcess:
         return self.process.returncode
 
 
-def sim_args(contract: Path, scene: str = "D", seed: int = 0, realtime: bool = True) -> list[str]:
+def sim_args(contract: Path, scene: str = "D", seed: int = 0, realtime: bool = True,
+             real_time_factor: float = 1.0) -> list[str]:
     """Arguments of ``ros_nodes.sim_node`` over DDS."""
     return ["--contract", str(contract), "--scene", scene, "--seed", str(seed), "--transport", "dds",
-            "--realtime" if realtime else "--no-realtime"]
+            "--realtime" if realtime else "--no-realtime", "--real-time-factor", str(real_time_factor)]
 
 
 def policy_args(contract: Path, policy: str, ckpt: Path | None = None, scene: str = "D",
@@ -205,7 +206,8 @@ class Launch:
     """The two node processes and this process's DDS participant (instruction out, diagnostics in)."""
 
     def __init__(self, contract: Path, policy: str, ckpt: Path | None, scene: str, seed: int, realtime: bool,
-                 domain_id: int | None, sink: Callable[[str], None] = print) -> None:
+                 domain_id: int | None, sink: Callable[[str], None] = print,
+                 real_time_factor: float = 1.0) -> None:
         from ros_nodes.transport.dds import DdsTransport
 
         env = node_env(domain_id)
@@ -216,8 +218,8 @@ class Launch:
         self.transport = DdsTransport("dream_policy_up")
         self.transport.create_subscription(resolve_name(PolicyNodeConfig.diagnostics_topic, POLICY_NODE),
                                            STRING, self._on_diagnostics)
-        self.nodes = [NodeProcess("sim", "ros_nodes.sim_node", sim_args(contract, scene, seed, realtime),
-                                  env, sink),
+        self.nodes = [NodeProcess("sim", "ros_nodes.sim_node",
+                                  sim_args(contract, scene, seed, realtime, real_time_factor), env, sink),
                       NodeProcess("policy", "ros_nodes.policy_node",
                                   policy_args(contract, policy, ckpt, scene), env, sink)]
         self._instruction = None
@@ -255,7 +257,7 @@ def up_command(config: Any) -> int:
     stop_on_signals(stop)
     ckpt = Path(config.ckpt) if config.policy == "checkpoint" else None
     launch = Launch(contract, config.policy, ckpt, config.scene, config.seed, config.realtime,
-                    config.domain_id)
+                    config.domain_id, real_time_factor=float(config.get("real_time_factor", 1.0)))
     print(f"[up] sim node + policy node ({config.policy}) on ROS_DOMAIN_ID {os.environ['ROS_DOMAIN_ID']}, "
           f"{CLOCK_TOPIC} from the sim; Ctrl-C stops both", flush=True)
     if config.instruction:

@@ -246,11 +246,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random start scene")
     parser.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
                         help="pace ticks at 30 Hz of wall-clock time (--no-realtime: as fast as possible)")
+    parser.add_argument("--real-time-factor", type=float, default=1.0,
+                        help="with --realtime: simulated seconds per wall-clock second (0.5: half speed, "
+                             "like Gazebo's real-time factor; nodes on /clock see 30 Hz of sim time either way)")
     parser.add_argument("--camera-rate", type=float, default=None, help="camera Hz (divides 30; default 30)")
     parser.add_argument("--steps", type=int, default=None, help="stop after this many ticks")
     parser.add_argument("--transport", choices=TRANSPORT_KINDS, default="auto")
     parser.add_argument("--node-name", default="sim_node")
     args = parser.parse_args(without_ros_args(sys.argv[1:] if argv is None else list(argv)))
+    if not args.real_time_factor > 0:
+        parser.error(f"--real-time-factor must be > 0, got {args.real_time_factor}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     contract = C.load_contract(args.contract)
     robot = SimRobot(args.scene, seed=args.seed)
@@ -260,8 +265,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         node = SimNode(transport, contract, robot, camera_rate_hz=args.camera_rate)
         log.info("sim node: scene %s, contract %s, %s", args.scene, contract.source,
-                 "real time" if args.realtime else "as fast as possible")
-        ticks = node.spin(1 / robot.period if args.realtime else None, stop, args.steps)
+                 f"real-time factor {args.real_time_factor:g}" if args.realtime else "as fast as possible")
+        ticks = node.spin(args.real_time_factor / robot.period if args.realtime else None, stop, args.steps)
         log.info("sim node: stopped after %d ticks (%.2f s simulated)", ticks, robot.time)
     finally:
         transport.close()

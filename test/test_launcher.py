@@ -74,3 +74,22 @@ def test_node_processes_exit_when_the_launcher_is_killed():
 def test_the_helper_is_linux_only(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     assert parent_death_signal() is None
+
+
+def test_sim_args_carry_the_real_time_factor():
+    from pathlib import Path
+
+    from ros_nodes.launcher import sim_args
+
+    args = sim_args(Path("c.yaml"), "D", 3, True, 0.5)
+    assert args[args.index("--real-time-factor") + 1] == "0.5" and "--realtime" in args
+
+
+def test_sim_node_refuses_a_non_positive_real_time_factor(capsys):
+    import pytest
+
+    from ros_nodes.sim_node import main
+
+    with pytest.raises(SystemExit):
+        main(["--real-time-factor", "0", "--transport", "dds"])
+    assert "--real-time-factor must be > 0" in capsys.readouterr().err

@@ -98,9 +98,11 @@ def probe(domain: dict[str, str]) -> Iterator[Probe]:
     probe.close()
 
 
-def launch(domain: dict[str, str], policy: str, seed: int, output: list[str]) -> Launch:
+def launch(domain: dict[str, str], policy: str, seed: int, output: list[str], real_time_factor: float = 1.0
+           ) -> Launch:
     ckpt = ROOT / "checkpoints" / "tiny_D" if policy == "checkpoint" else None
-    return Launch(DEFAULT_CONTRACT, policy, ckpt, "D", seed, True, int(domain["ROS_DOMAIN_ID"]), output.append)
+    return Launch(DEFAULT_CONTRACT, policy, ckpt, "D", seed, True, int(domain["ROS_DOMAIN_ID"]), output.append,
+                  real_time_factor=real_time_factor)
 
 
 def test_dream_policy_up_runs_the_expert_on_instructions(domain: dict[str, str], probe: Probe):
@@ -127,13 +129,13 @@ def test_dream_policy_up_runs_the_expert_on_instructions(domain: dict[str, str],
     assert "[up] stopped: sim exit 0, policy exit 0" in output
 
 
-def test_the_shipped_checkpoint_drives_the_sim(domain: dict[str, str], probe: Probe):
-    """checkpoints/tiny_D on "close the drawer" from an open drawer: commands flow, the arm moves, the node
-    stays healthy. Success is reported, not asserted: on this 2-core CPU one inference (~65 ms with the
-    sim rendering beside it) outlasts two of the three actions of a chunk; skipped when the CPU is so busy
-    that an inference outlasts the whole chunk (the arm then only holds)."""
+def test_the_shipped_checkpoint_closes_the_drawer_over_ros(domain: dict[str, str], probe: Probe):
+    """checkpoints/tiny_D on "close the drawer" from an open drawer (8/8 and 9/9 in CALVIN's chains) over
+    DDS, judged by the task oracle. The sim runs at a real-time factor of 0.5 and the policy node on its
+    /clock, as one would slow Gazebo on a weak machine: on these 2 shared cores an inference beside the
+    rendering sim takes 30-65 ms, most of a 3-action chunk at full speed."""
     output: list[str] = []
-    nodes = launch(domain, "checkpoint", SEED_OPEN, output)
+    nodes = launch(domain, "checkpoint", SEED_OPEN, output, real_time_factor=0.5)
     try:
         start = wait_for(lambda: probe.scene[0] if probe.scene else None, 30, "the sim's scene state")
         assert start[1] > 0.2  # the drawer is open
@@ -143,7 +145,7 @@ def test_the_shipped_checkpoint_drives_the_sim(domain: dict[str, str], probe: Pr
         begun = time.monotonic()
         first_tcp = probe.tcp[-1][1]
         done = False
-        while time.monotonic() - begun < 35 and not done:
+        while time.monotonic() - begun < 40 and not done:  # 600 ticks of sim time at most
             time.sleep(0.5)
             done = succeeded("close_drawer", start, probe.scene[-1])
         print(f"\ntiny_D close_drawer over ROS: {'success' if done else 'no success'} after "
@@ -155,8 +157,9 @@ def test_the_shipped_checkpoint_drives_the_sim(domain: dict[str, str], probe: Pr
             pytest.skip(f"inference takes {latency * 1e3:.0f} ms of sim time, more than a chunk's "
                         f"{chunk_s * 1e3:.0f} ms: this machine is too busy to run the checkpoint in real time")
         assert moved > 0.02, f"the arm moved {moved:.3f} m only"
-        assert diagnostics["running"] and not diagnostics["stopped"] and diagnostics["counts"]["chunks"] > 50
-        assert len(probe.targets) > 30 and not nodes.exited()  # > 1 s of 30 Hz commands (success can end it early)
+        assert diagnostics["running"] and not diagnostics["stopped"] and diagnostics["counts"]["chunks"] > 10
+        assert done, f"the drawer did not close: {start[1]:.3f} -> {probe.scene[-1][1]:.3f} m"
+        assert not nodes.exited()
     finally:
         codes = nodes.stop()
     assert codes == [0, 0], output[-20:]
