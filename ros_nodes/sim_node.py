@@ -247,8 +247,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
                         help="pace ticks at 30 Hz of wall-clock time (--no-realtime: as fast as possible)")
     parser.add_argument("--real-time-factor", type=float, default=1.0,
-                        help="with --realtime: simulated seconds per wall-clock second (0.5: half speed, "
-                             "like Gazebo's real-time factor; nodes on /clock see 30 Hz of sim time either way)")
+                        help="with --realtime: simulated seconds per wall-clock second (0.5: half "
+                             "speed, like Gazebo's real-time factor; nodes on /clock see 30 Hz of sim time)")
     parser.add_argument("--camera-rate", type=float, default=None, help="camera Hz (divides 30; default 30)")
     parser.add_argument("--steps", type=int, default=None, help="stop after this many ticks")
     parser.add_argument("--transport", choices=TRANSPORT_KINDS, default="auto")
