@@ -133,3 +133,44 @@ def without_ros_args(argv: list[str]) -> list[str]:
         elif not inside:
             out.append(arg)
     return out
+
+
+def resolve_topic(name: str, node_name: str) -> str:
+    """A topic or service name as ROS resolves it in the root namespace.
+
+    ``~/x`` -> ``/<node_name>/x``, ``x`` -> ``/x``.
+    """
+    if name.startswith("~/"):
+        return f"/{node_name}/{name[2:]}"
+    return name if name.startswith("/") else f"/{name}"
+
+
+def ros_remappings(argv: list[str], node_name: str) -> dict[str, str]:
+    """Topic and service remappings (``-r from:=to``, ``--remap``) of the ``--ros-args`` sections.
+
+    Names are resolved as ROS resolves them (``resolve_topic``). A rule prefixed with a node name
+    (``node:from:=to``) applies to that node only; ``__node``/``__ns`` rules rename the node, which the
+    DDS transport does not do, so they are skipped here. A malformed rule is a ValueError naming it.
+    """
+    rules, inside, expect_rule = {}, False, False
+    for arg in argv:
+        if arg == "--ros-args":
+            inside = True
+        elif inside and arg == "--":
+            inside = False
+        elif inside and arg in ("-r", "--remap"):
+            expect_rule = True
+        elif expect_rule:
+            expect_rule = False
+            source, sep, target = arg.partition(":=")
+            if not sep or not source or not target:
+                raise ValueError(f"remapping {arg!r} is not 'from:=to'")
+            node, colon, name = source.rpartition(":")
+            if colon and node != node_name:
+                continue
+            if name.startswith("__"):
+                continue
+            rules[resolve_topic(name, node_name)] = resolve_topic(target, node_name)
+    if expect_rule:
+        raise ValueError("--ros-args ends with -r/--remap but no 'from:=to' rule")
+    return rules

@@ -61,7 +61,15 @@ from ros_nodes.convert import (
     pose_to_tcp,
     stamp_seconds,
 )
-from ros_nodes.lifecycle import LifecycleNode, State, autostart, stop_on_signals, without_ros_args
+from ros_nodes.lifecycle import (
+    LifecycleNode,
+    State,
+    autostart,
+    ros_remappings,
+    stop_on_signals,
+    without_ros_args,
+)
+from ros_nodes.lifecycle import resolve_topic as resolve_name
 from ros_nodes.policy_runner import PolicyRunner, PolicyRunnerConfig
 from ros_nodes.safety import Decision
 from ros_nodes.transport.base import (
@@ -112,13 +120,6 @@ SERVICES: dict[str, tuple[str, Callable[[PolicyRunner, Any], str]]] = {
     "stop": (TRIGGER, _stop),
     "set_task": (SET_TASK, _set_task),
 }
-
-
-def resolve_name(name: str, node_name: str) -> str:
-    """``~/x`` -> ``/<node_name>/x``, ``x`` -> ``/x`` (the root namespace)."""
-    if name.startswith("~/"):
-        return f"/{node_name}/{name[2:]}"
-    return name if name.startswith("/") else f"/{name}"
 
 
 def _finite(what: str, values: np.ndarray) -> np.ndarray:
@@ -521,7 +522,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--node-name", default=PolicyNodeConfig.node_name)
     parser.add_argument("--diagnostics-period", type=float, default=PolicyNodeConfig.diagnostics_period_s,
                         help="seconds of ROS time between diagnostics messages")
-    args = parser.parse_args(without_ros_args(sys.argv[1:] if argv is None else list(argv)))
+    raw_argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(without_ros_args(raw_argv))
+    try:
+        remappings = ros_remappings(raw_argv, args.node_name)
+    except ValueError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     contract = load_contract(args.contract)
     use_sim_time = contract.name in SIM_CONTRACTS if args.use_sim_time is None else args.use_sim_time
@@ -538,7 +544,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from ros_nodes.transport.dds import loopback_config
 
         os.environ.setdefault("CYCLONEDDS_URI", loopback_config())
-    transport = make_transport(args.transport, node_name=args.node_name)
+    transport = make_transport(args.transport, node_name=args.node_name,
+                               remappings=remappings)
     serve(PolicyNode(transport, contract, factory, config))
 
 

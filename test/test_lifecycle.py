@@ -133,3 +133,19 @@ def test_ros_args_are_removed_before_parsing():
     assert without_ros_args(argv) == ["--contract", "c.yaml", "--seed", "1"]
     assert without_ros_args(["--ros-args", "-r", "a:=b"]) == []
     assert without_ros_args(["--scene", "D"]) == ["--scene", "D"]
+
+
+def test_ros_remappings_resolve_names_and_keep_this_nodes_rules():
+    from ros_nodes.lifecycle import ros_remappings
+
+    argv = ["--contract", "x.yaml", "--ros-args", "-r", "/camera/image:=/cam0/image_raw", "--remap",
+            "~/stop:=/robot/estop", "-r", "policy_node:state:=/joint_states", "-r", "other:x:=/y",
+            "-r", "__ns:=/robot", "-p", "a:=1", "--", "--seed", "3", "--ros-args", "-r", "instruction:=/task"]
+    assert ros_remappings(argv, "policy_node") == {
+        "/camera/image": "/cam0/image_raw", "/policy_node/stop": "/robot/estop", "/state": "/joint_states",
+        "/instruction": "/task"}
+    assert ros_remappings(["--ros-args", "-p", "a:=1"], "n") == {}
+    with pytest.raises(ValueError, match="'oops' is not 'from:=to'"):
+        ros_remappings(["--ros-args", "-r", "oops"], "n")
+    with pytest.raises(ValueError, match="ends with -r"):
+        ros_remappings(["--ros-args", "-r"], "n")

@@ -419,3 +419,20 @@ def test_the_server_echoes_the_request_header_and_the_client_matches_it(nodes: t
         assert [r.message for r in responses] == ["yours"]
     finally:
         raw_server.close()
+
+
+def test_remapped_topics_and_services_use_the_new_names(loopback: dict[str, str]):
+    talker = DdsTransport("talker", remappings={"/camera/image": "/cam0/image_raw", "/node/start": "/robot/start"})
+    listener = DdsTransport("listener")
+    try:
+        got: list[Any] = []
+        listener.create_subscription("/cam0/image_raw", "std_msgs/msg/String", got.append, DEFAULT)
+        publisher = talker.create_publisher("camera/image", "std_msgs/msg/String", DEFAULT)  # relative: /camera/image
+        assert _wait_for(lambda: publisher.subscription_count() == 1)
+        publisher.publish(TYPES["std_msgs/msg/String"]("remapped"))
+        assert _wait_for(lambda: got) and got[0].data == "remapped"
+        talker.create_service("/node/start", TRIGGER, lambda request: TRIGGER_RESPONSE(True, "started"))
+        assert listener.create_client("/robot/start", TRIGGER).call(TRIGGER_REQUEST(), timeout=10).success
+    finally:
+        talker.close()
+        listener.close()

@@ -186,8 +186,13 @@ def numpy_dtype(base_type: str) -> np.dtype:
     return np.dtype({"bool": np.bool_, "byte": np.uint8, "char": np.uint8}.get(base_type, base_type))
 
 
-def make_transport(kind: str = "auto", *, node_name: str) -> Transport:
-    """``auto``: rclpy when it can be imported, else plain DDS."""
+def make_transport(kind: str = "auto", *, node_name: str,
+                   remappings: dict[str, str] | None = None) -> Transport:
+    """``auto``: rclpy when it can be imported, else plain DDS.
+
+    ``remappings`` (resolved from-name -> to-name, see ``lifecycle.ros_remappings``) apply to the DDS
+    transport; rclpy reads the same ``--ros-args -r`` rules from the command line itself.
+    """
     if kind not in TRANSPORT_KINDS:
         raise ValueError(f"unknown transport kind {kind!r}; valid kinds: {', '.join(TRANSPORT_KINDS)}")
     if kind == "rclpy" or (kind == "auto" and importlib.util.find_spec("rclpy") is not None):
@@ -196,7 +201,7 @@ def make_transport(kind: str = "auto", *, node_name: str) -> Transport:
         return RclpyTransport(node_name)
     from ros_nodes.transport.dds import DdsTransport
 
-    return DdsTransport(node_name)
+    return DdsTransport(node_name, remappings=remappings)
 
 
 def transport_qos(qos: Any, topic: str) -> QosProfile:

@@ -512,8 +512,9 @@ class DdsTransport:
     """
 
     def __init__(self, node_name: str, domain_id: int | None = None,
-                 typestore: Typestore | None = None) -> None:
+                 typestore: Typestore | None = None, remappings: dict[str, str] | None = None) -> None:
         self.node_name = check_node_name(node_name)
+        self.remappings = dict(remappings or {})  # resolved name -> resolved name (ros_remappings)
         self._types = idl_types(typestore or ros_typestore())
         domain_id = ros_domain_id() if domain_id is None else domain_id
         try:
@@ -587,7 +588,13 @@ class DdsTransport:
     def _topic(self, topic: str, msg_type: str | type) -> tuple[Topic, IdlBinding]:
         self._check_open()
         binding = self._types.binding(message_type_name(msg_type, self._types.typestore))
+        topic = self._remapped(topic)
         return self._dds_topic(dds_topic_name(topic), binding, f"topic {topic}"), binding
+
+    def _remapped(self, name: str) -> str:
+        """``name`` after this node's remapping rules (unchanged when none matches)."""
+        resolved = name if name.startswith("/") else f"/{name}"
+        return self.remappings.get(resolved, name)
 
     def _service_bindings(self, srv_type: str) -> tuple[IdlBinding, IdlBinding]:
         self._check_open()
@@ -595,6 +602,7 @@ class DdsTransport:
         return self._types.service_binding(request), self._types.service_binding(response)
 
     def _service_topics(self, name: str, request: IdlBinding, response: IdlBinding) -> tuple[Topic, Topic]:
+        name = self._remapped(name)
         request_name, reply_name = dds_service_topic_names(name)
         return (self._dds_topic(request_name, request, f"service {name}"),
                 self._dds_topic(reply_name, response, f"service {name}"))
