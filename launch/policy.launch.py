@@ -101,8 +101,9 @@ def policy_node_actions(context, policy_arguments, extra_arguments=()):
 
     node_name = argument(context, 'node_name')
     use_sim_time = flag(context, 'use_sim_time')
+    # The node serves ~/change_state and starts unconfigured: launch (or `ros2 lifecycle set`) drives it.
     arguments = ['--contract', argument(context, 'contract'), *policy_arguments, *extra_arguments,
-                 '--transport', argument(context, 'transport'), '--node-name', node_name,
+                 '--transport', argument(context, 'transport'), '--node-name', node_name, '--no-autostart',
                  '--use-sim-time' if use_sim_time else '--no-use-sim-time']
     node = LifecycleNode(
         package=PACKAGE,

@@ -8,11 +8,16 @@ the node stays in that state and the error is re-raised as a LifecycleError nami
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
+from collections.abc import Callable
 from enum import Enum
 
 from ros_nodes.transport.base import check_node_name
+
+log = logging.getLogger(__name__)
+TransitionListener = Callable[[str, "State", "State"], None]  # (transition, start state, goal state)
 
 
 class State(Enum):
@@ -47,6 +52,11 @@ class LifecycleNode:
         self.name = check_node_name(name)
         self._state = State.UNCONFIGURED
         self._transition_lock = threading.RLock()
+        self._listeners: list[TransitionListener] = []
+
+    def add_transition_listener(self, listener: TransitionListener) -> None:
+        """Call ``listener(transition, start, goal)`` after every completed transition (errors are logged)."""
+        self._listeners.append(listener)
 
     @property
     def state(self) -> State:
@@ -95,7 +105,12 @@ class LifecycleNode:
             except Exception as error:
                 raise LifecycleError(f"node {self.name!r}: {name} failed in on_{name} and stays "
                                      f"{self._state.value}: {error}") from error
-            self._state = target
+            start, self._state = self._state, target
+            for listener in self._listeners:
+                try:
+                    listener(name, start, target)
+                except Exception:  # a listener (e.g. a closed publisher) must not undo the transition
+                    log.exception("node %r: transition listener failed after %s", self.name, name)
 
 
 def autostart(node: LifecycleNode) -> LifecycleNode:

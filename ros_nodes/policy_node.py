@@ -9,6 +9,9 @@ until start) and set_task (dream_policy_interfaces/srv/SetTask, request ``string
 it does not start a stopped node). Each answers ``success`` and a ``message`` that says what happened or
 why it was refused. On rclpy, a service type that is not installed (SetTask needs the interface package
 ``dream_policy_interfaces``) leaves that service out, with a warning.
+Lifecycle: ``serve`` adds ROS 2's managed-node services (``lifecycle_services``: ``~/get_state``,
+``~/change_state``, ``~/transition_event``), then configures and activates the node unless started with
+``--no-autostart`` (as the launch files do: they send the transitions).
 ``~/x`` names resolve to ``/<node_name>/x``. The control timer and the inference worker run on their own
 threads (one inference at a time); both are injectable so tests can tick by hand. Messages that do not
 fit the contract (image size or encoding, joint names, non-finite values) are logged and dropped.
@@ -333,6 +336,15 @@ class PolicyNode(LifecycleNode):
     def on_cleanup(self) -> None:
         self._runner = None
 
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    def now_or_wall(self) -> float:
+        """ROS time (sim time once /clock has arrived), else wall-clock time (for event stamps)."""
+        now = self._now()
+        return time.time() if now is None else now
+
     def on_shutdown(self) -> None:
         if self._timer is not None:
             self._halt()
@@ -478,16 +490,26 @@ def _json_safe(value: Any) -> Any:
 
 # ---- the process ------------------------------------------------------------------------------------
 
-def serve(node: PolicyNode, stop: threading.Event | None = None) -> None:
-    """Configure and activate ``node``, run until SIGINT / SIGTERM (or ``stop``), then wind it down.
+def serve(node: PolicyNode, stop: threading.Event | None = None, start: bool = True) -> None:
+    """Serve ``node`` until SIGINT / SIGTERM, ``stop`` or a shutdown transition.
 
-    Deactivate (a safe stop: the hold is published), then shut down (the transport closes).
+    Its lifecycle services (``~/get_state``, ``~/change_state``, ``~/transition_event``) come up first;
+    it is then configured and activated (``start``; else it waits for change_state requests, as launch_ros'
+    lifecycle events send them). At the end it is wound down: deactivate (a safe stop: the hold is
+    published), then shut down (the transport closes).
     """
+    from ros_nodes.lifecycle_services import LifecycleServices
+
     stop = stop or threading.Event()
-    stop_on_signals(stop)
+    if threading.current_thread() is threading.main_thread():
+        stop_on_signals(stop)
     try:
-        autostart(node)
-        log.info("%s: active (contract %s)", node.name, node.contract.source)
+        LifecycleServices(node, node.transport, on_shutdown_request=stop.set, clock=node.now_or_wall)
+        if start:
+            autostart(node)
+            log.info("%s: active (contract %s)", node.name, node.contract.source)
+        else:
+            log.info("%s: unconfigured, waiting for %s/change_state", node.name, node.name)
         stop.wait()
         log.info("%s: stopping", node.name)
     finally:
@@ -520,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help=f"ROS time from {CLOCK_TOPIC} "
                              f"(default: on with the sim contract {SIM_CONTRACTS})")
     parser.add_argument("--node-name", default=PolicyNodeConfig.node_name)
+    parser.add_argument("--autostart", action=argparse.BooleanOptionalAction, default=True,
+                        help="configure and activate at once (--no-autostart: wait for ~/change_state)")
     parser.add_argument("--diagnostics-period", type=float, default=PolicyNodeConfig.diagnostics_period_s,
                         help="seconds of ROS time between diagnostics messages")
     raw_argv = sys.argv[1:] if argv is None else list(argv)
@@ -546,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ.setdefault("CYCLONEDDS_URI", loopback_config())
     transport = make_transport(args.transport, node_name=args.node_name,
                                remappings=remappings)
-    serve(PolicyNode(transport, contract, factory, config))
+    serve(PolicyNode(transport, contract, factory, config), start=args.autostart)
 
 
 if __name__ == "__main__":

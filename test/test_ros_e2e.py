@@ -329,6 +329,9 @@ def test_the_policy_node_serves_stop_start_and_set_task(domain: dict[str, str], 
         wait_for(lambda: probe.diagnostics[-1]["last_decision"] == "command", 10, "commands after start")
         assert probe.diagnostics[-1]["task"] == "open the drawer" and not probe.diagnostics[-1]["stopped"]
         assert policy.running
+        get_state = probe.transport.create_client("/dream_policy/get_state", "lifecycle_msgs/srv/GetState")
+        current = get_state.call(service_classes("lifecycle_msgs/srv/GetState")[0](), timeout=10).current_state
+        assert (current.id, current.label) == (3, "active")  # lifecycle_msgs State.PRIMARY_STATE_ACTIVE
     finally:
         sim.stop()
         code = policy.stop()

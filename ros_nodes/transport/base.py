@@ -37,6 +37,8 @@ SERVICE_DEFINITIONS: dict[str, tuple[str, str]] = {
     "std_srvs/srv/SetBool": ("bool data", "bool success\nstring message"),
     TRIGGER: ("", "bool success\nstring message"),
     SET_TASK: ("string task", "bool success\nstring message"),
+    "lifecycle_msgs/srv/GetState": ("", "lifecycle_msgs/State current_state"),
+    "lifecycle_msgs/srv/ChangeState": ("lifecycle_msgs/Transition transition", "bool success"),
 }
 # rosidl gives a message without fields this one uint8 member (rosbags' std_msgs/msg/Empty has it too)
 EMPTY_STRUCTURE_MEMBER = "structure_needs_at_least_one_member"
