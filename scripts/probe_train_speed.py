@@ -27,8 +27,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "fp32")
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=15, help="steps not counted (start-up, compilation)")
     parser.add_argument("--forecast-n", type=int, default=3)
+    parser.add_argument("--compile", default=None, help="trainer.compile mode (default: off)")
     args = parser.parse_args()
     cfg = load_model_config(args.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -38,7 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         config = TrainerConfig(out_dir=out, lr=1e-3, warmup_steps=10, total_steps=args.warmup + args.steps,
                                ema_decay=0.999, batch_size=args.batch, eval_every=0, save_every=0,
-                               log_every=10**9, precision=args.precision)
+                               log_every=10**9, precision=args.precision, compile=args.compile)
         trainer = Trainer(DreamVLA(cfg), data, None, config)
         trainer.fit(until_step=args.warmup)
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

@@ -12,7 +12,8 @@
 # Environment: DATA (default /dev/shm/playtable_D when it has room, else data/playtable_D),
 # WORKERS (default: all cores), PYTHON (default python3), BATCH, LR, STEPS (skip the probe),
 # WINDOW (frames of each successful attempt annotated with its instruction; default 64 as in CALVIN:
-# the expert's rotations and lightbulb tasks take ~100 steps, so 160 labels whole attempts).
+# the expert's rotations and lightbulb tasks take ~100 steps, so 160 labels whole attempts),
+# COMPILE (trainer.compile mode, e.g. reduce-overhead; default off).
 set -euo pipefail
 RUN=${1:?usage: train_shipped.sh RUN_DIR [EPISODES] [MINUTES]}
 EPISODES=${2:-96}
@@ -50,7 +51,8 @@ if [ -n "${BUDGET_S:-}" ]; then  # what is left, less start-up, validation and s
 fi
 if [ -z "${STEPS:-}" ]; then
   T1=$(date +%s)
-  RATE=$($PY scripts/probe_train_speed.py "$PACKED" --batch "$BATCH" --precision "$PRECISION" | tail -1 | cut -d= -f2)
+  RATE=$($PY scripts/probe_train_speed.py "$PACKED" --batch "$BATCH" --precision "$PRECISION" \
+    ${COMPILE:+--compile "$COMPILE" --warmup 40} | tail -1 | cut -d= -f2)
   MINUTES=$($PY -c "print(round($MINUTES - ($(date +%s) - $T1) / 60, 2))")
   STEPS=$($PY -c "print(max(100, int($RATE * $MINUTES * 60 * 0.92)))")
 fi
@@ -63,5 +65,5 @@ WARMUP=$(( STEPS < 5000 ? STEPS / 10 : 500 ))
 $PY -m dream_policy train data="$PACKED" model=tiny trainer.out_dir="$RUN" trainer.precision="$PRECISION" \
   trainer.batch_size="$BATCH" trainer.lr="$LR" trainer.num_workers=$(( WORKERS > 3 ? 2 : 0 )) \
   trainer.total_steps="$STEPS" trainer.warmup_steps="$WARMUP" trainer.time_limit_min="$MINUTES" \
-  trainer.eval_every=2000 trainer.save_every=2000 trainer.log_every=100
+  trainer.eval_every=2000 trainer.save_every=2000 trainer.log_every=100 trainer.compile="${COMPILE:-null}"
 echo "whole script took $(( $(date +%s) - T0 )) s"

@@ -261,3 +261,23 @@ def test_time_limit_stops_saves_and_validates(tmp_path: Path) -> None:
     assert "val_loss" in metrics and 9 in losses(tmp_path, "val")
     with pytest.raises(ValueError, match="time_limit_min=0"):
         TrainerConfig(time_limit_min=0)
+
+
+def test_a_compiled_forward_trains_like_the_eager_one(tmp_path: Path) -> None:
+    """trainer.compile (aot_eager here: the capture and autograd of the compiled path, without a C++
+    toolchain) follows the eager run's loss curve and saves the plain module's weights."""
+    eager = toy_trainer(tmp_path / "eager", total_steps=6, eval_every=0, save_every=0)
+    eager.fit()
+    compiled = toy_trainer(tmp_path / "compiled", total_steps=6, eval_every=0, save_every=0,
+                           compile="default", compile_backend="aot_eager")
+    compiled.fit()
+    a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert all(abs(float(a[s]) - float(b[s])) <= 1e-5 * max(1.0, abs(float(a[s]))) for s in a)
+    saved = load_tensors(compiled.last_checkpoint / "model.safetensors")
+    assert not any(k.startswith("_orig_mod") for k in saved)
+
+
+def test_an_unknown_compile_mode_is_named() -> None:
+    with pytest.raises(ValueError, match="compile='fast'"):
+        TrainerConfig(compile="fast")
