@@ -22,8 +22,9 @@ with the newest observation at each inference.
 Running target (CALVIN's stored target): a chunk of relative actions a_0..a_{N-1} predicted from the
 observation at t_obs becomes the plan P_0 = base, P_{i+1} = P_i + a_i (``relative_to_command``), and
 action i is the command for the slot starting at t_obs + i * period. ``base`` is the previous plan's
-target in force just before t_obs, or the measured tcp pose at the first inference after a start, a
-task change, a stop or stale data.
+target in force just before t_obs; after a task change while running it is the pose commanded last
+(CALVIN keeps its stored target from one subtask to the next); after a start, a stop or stale data it
+is the measured tcp pose.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ class PolicyRunner:
         self._stop_requested = False  # by stop(): instructions do not restart, start() does
         self._reset_policy = True  # reset on the inference thread, never during a policy call
         self._plan: tuple[float, np.ndarray] | None = None  # t_obs, targets P (N + 1, 6)
+        self._carry_target = False  # next base: the pose commanded last (task changed while running)
         self._last_t_obs = -math.inf
         self._last_infer_at = -math.inf
         self._generation = 0  # bumped whenever chunks are cleared: an inference in flight is discarded
@@ -190,7 +192,9 @@ class PolicyRunner:
         with self._lock:
             if self._stop_requested:
                 self.set_task(text)
-            elif not (self._running and _instruction(text) == self._task):
+            elif self._running:
+                self.set_task(text)  # the next subtask of a chain: goes on from the commanded target
+            else:
                 self.start(text)
 
     def set_task(self, text: str) -> None:
@@ -201,6 +205,7 @@ class PolicyRunner:
                 self._task = text
                 self._reset_policy = True
                 self._clear_chunks()
+                self._carry_target = self._running and not self._stop_requested
 
     def start(self, task_text: str | None = None) -> None:
         """Run ``task_text`` (None: the task set before) from a fresh policy; releases a stop."""
@@ -288,7 +293,14 @@ class PolicyRunner:
             if newest is None:
                 return None
             (t_obs, obs), frames = newest, [newest[1]]
-        base = obs["robot_obs"][:6] if self._plan is None else self._plan_target(t_obs)
+        if self._plan is not None:
+            base = self._plan_target(t_obs)
+        elif self._carry_target and self._safety.last_commanded is not None:
+            last = self._safety.last_commanded
+            base = np.concatenate([last.position, last.euler])
+        else:
+            base = obs["robot_obs"][:6]
+        self._carry_target = False
         self._last_t_obs, self._last_infer_at = t_obs, now
         reset, self._reset_policy = self._reset_policy, False
         return _Inference(t_obs, frames, base, self._generation, self._task, reset)
@@ -415,6 +427,7 @@ class PolicyRunner:
     def _clear_chunks(self) -> None:
         self._scheduler.reset()
         self._plan = None
+        self._carry_target = False
         self._last_t_obs = self._last_frame_t = -math.inf
         self._frames.clear()
         self._generation += 1

@@ -219,6 +219,11 @@ class SafetyFilter:
         self._last_commanded = Command(now, position, euler, last.gripper)
         return Decision(self._last_commanded, "hold", reasons)
 
+    @property
+    def last_commanded(self) -> Command | None:
+        """The pose commanded (or held) last; None before the first command or after a reset."""
+        return self._last_commanded
+
     def _reference(self, current: Command) -> Command:
         """The pose commanded last, or the measured one while nothing has been commanded."""
         if self._last_commanded is not None:

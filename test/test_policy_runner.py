@@ -391,3 +391,42 @@ def test_the_shipped_checkpoint_runs_under_the_runner():
         decision = runner.tick(t)
         assert decision.kind == "command" and np.isfinite(decision.command.as_array()).all()
     assert runner.diagnostics()["counts"]["chunks"] == 2
+
+
+def test_a_task_change_while_running_goes_on_from_the_commanded_target_like_calvin():
+    """CALVIN's controller keeps its stored target across subtasks: the next task's first chunk starts from
+    the pose commanded last, not from the measured tcp (which lags the target); a fresh start does not."""
+    first, second = actions(3, 4), actions(3, 5)
+    runner = make_runner(ChunkPolicy(first, second, second), blend="replace")
+    feed(runner, T0)
+    runner.start("open the drawer")
+    assert runner.infer(T0) == 0
+    commanded = [runner.tick(T0 + k * PERIOD).command.as_array() for k in range(2)]
+    runner.set_task("push the block")
+    t1 = T0 + 2 * PERIOD
+    feed(runner, t1)  # the measured tcp is still MEASURED: the arm lags its target
+    assert runner.infer(t1) == 0
+    expected = calvin_targets(commanded[-1], second)
+    np.testing.assert_allclose(runner.tick(t1).command.as_array(), expected[0], atol=1e-12)
+    runner.start("open the drawer")  # a start (not a task change) begins again from the measured pose
+    t2 = t1 + 2 * PERIOD
+    feed(runner, t2)
+    assert runner.infer(t2) == 0
+    np.testing.assert_allclose(runner.tick(t2).command.as_array(), calvin_targets(MEASURED, second)[0],
+                               atol=1e-12)
+
+
+def test_a_new_instruction_while_running_chains_on_from_the_commanded_target():
+    first, second = actions(3, 6), actions(3, 7)
+    policy = ChunkPolicy(first, second)
+    runner = make_runner(policy, blend="replace")
+    feed(runner, T0)
+    runner.on_instruction("open the drawer")
+    assert runner.infer(T0) == 0
+    commanded = [runner.tick(T0 + k * PERIOD).command.as_array() for k in range(2)]
+    runner.on_instruction("push the block")
+    t1 = T0 + 2 * PERIOD
+    feed(runner, t1)
+    assert runner.infer(t1) == 0 and policy.calls[-1][1] == "push the block" and policy.resets == 2
+    np.testing.assert_allclose(runner.tick(t1).command.as_array(), calvin_targets(commanded[-1], second)[0],
+                               atol=1e-12)
