@@ -69,7 +69,7 @@ from ros_nodes.contract import (
 )
 from ros_nodes.convert import TYPESTORE, pose_to_tcp, robot_obs_from
 from ros_nodes.policy_node import PolicyNodeConfig, message_sample, resolve_name
-from ros_nodes.policy_runner import OPEN, PolicyRunnerConfig, _stream_config
+from ros_nodes.policy_runner import OPEN, PolicyRunnerConfig, stream_config
 from ros_nodes.types import POSITION_STEP, ROTATION_STEP
 from sim.annotations import task_for_sentence
 from sim.calvin_dataset import EP_IDS_FILE, LANG_FILE, SCENE_INFO_FILE, STATISTICS_FILE, frame_file
@@ -410,7 +410,7 @@ class _Episode:
         self.contract, self.plan, self.writer, self.report = contract, plan, writer, report
         streams = list(plan.streams.values())
         self.features = {s.feature: s for s in streams}
-        self.aligner = StreamAligner([_stream_config(s) for s in streams], PolicyRunnerConfig().reference)
+        self.aligner = StreamAligner([stream_config(s) for s in streams], PolicyRunnerConfig().reference)
         gripper = contract.actions.gripper
         self.tracker = TargetTracker(gripper.open, gripper.closed)
         self.instructions: list[tuple[int, str]] = []

@@ -102,7 +102,7 @@ class _Inference:
     reset_policy: bool
 
 
-def _stream_config(stream: Stream) -> StreamConfig:
+def stream_config(stream: Stream) -> StreamConfig:
     # tolerance_s is only read for asof streams, which always have one
     return StreamConfig(stream.feature, stream.alignment.policy, stream.alignment.tolerance_s or 0.0,
                         stream.stale_s)
@@ -145,7 +145,7 @@ class PolicyRunner:
         self.contract, self.policy, self.config = contract, policy, config
         self._period = contract.actions.period_s
         self._streams = {s.feature: s for s in contract.observations}
-        self._aligner = StreamAligner([_stream_config(s) for s in contract.observations], config.reference)
+        self._aligner = StreamAligner([stream_config(s) for s in contract.observations], config.reference)
         self._scheduler = ChunkScheduler(ChunkSchedulerConfig(self._period, config.blend, config.ensemble_k))
         self._safety = SafetyFilter(safety_config(contract))
         self._stats = LoopStats(LoopStatsConfig(self._period))
