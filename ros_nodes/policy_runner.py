@@ -103,6 +103,7 @@ class _Inference:
 
 
 def stream_config(stream: Stream) -> StreamConfig:
+    """The aligner's view of a contract stream (one definition for live serving and bag conversion)."""
     # tolerance_s is only read for asof streams, which always have one
     return StreamConfig(stream.feature, stream.alignment.policy, stream.alignment.tolerance_s or 0.0,
                         stream.stale_s)
