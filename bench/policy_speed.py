@@ -26,10 +26,10 @@ INSTRUCTION = "open the drawer"
 
 
 def step_latency(ckpt: Path, steps: int, action_horizon: int | None, history_cache: bool,
-                 cache: str = "none") -> np.ndarray:
+                 cache: str = "none", kv_cache: bool = True) -> np.ndarray:
     """Seconds per ``step()`` over ``steps`` control steps of the rendered play-table (rendering excluded)."""
     policy = DreamPolicy.from_checkpoint(ckpt, action_horizon=action_horizon, history_cache=history_cache,
-                                         cache=cache)
+                                         cache=cache, kv_cache=kv_cache)
     env = PlayTableEnv("D", render=True)
     rng = np.random.default_rng(0)
     obs, _ = env.reset(options={"robot_obs": default_robot_obs(), "scene_obs": sample_scene_obs(rng, env.cfg)})
@@ -43,6 +43,19 @@ def step_latency(ckpt: Path, steps: int, action_horizon: int | None, history_cac
         obs, *_ = env.step(action)
     env.close()
     return np.asarray(times)
+
+
+def random_checkpoint(model_name: str, out: Path) -> Path:
+    """A randomly initialised checkpoint of ``configs/model/<model_name>.yaml`` (timing only)."""
+    from dream_policy.checkpoint import save_checkpoint
+    from dream_policy.data.normalization import Normalizer
+    from dream_policy.model import DreamVLA, load_model_config
+
+    torch.manual_seed(0)
+    config = load_model_config(model_name)
+    normalizer = Normalizer(obs_mean=np.zeros(15), obs_std=np.ones(15))
+    return save_checkpoint(out, 0, DreamVLA(config).state_dict(), config={"model_config": config.to_dict()},
+                           normalization=normalizer.to_dict())
 
 
 def training_throughput(ckpt: Path, data: Path, steps: int, batch: int) -> float:
@@ -94,6 +107,12 @@ def main() -> None:
         ms = 1000 * step_latency(args.ckpt, args.steps, horizon, history_cache, cache)
         print(f"step() {name}: p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, "
               f"mean {ms.mean():.1f} ms over {len(ms)} steps")
+    with tempfile.TemporaryDirectory() as tmp:  # the key/value history cache needs a streaming backbone
+        stream = random_checkpoint("tiny_streaming", Path(tmp))
+        for name, kv_cache in (("window recomputed", False), ("keys/values kept (kv cache)", True)):
+            ms = 1000 * step_latency(stream, args.steps, 1, True, "none", kv_cache=kv_cache)
+            print(f"step() tiny_streaming (random weights), replan every step, {name}: "
+                  f"p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms")
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or collect_small(Path(tmp) / "data")
         rate = training_throughput(args.ckpt, data, args.train_steps, args.batch)

@@ -102,13 +102,17 @@ def _check_steps(steps: int) -> None:
 
 
 def block_attention_mask(
-    layout: TokenLayout, steps: int, device: torch.device | str | None = None
+    layout: TokenLayout, steps: int, device: torch.device | str | None = None, window: int | None = None
 ) -> torch.Tensor:
     """Bool mask (L, L), L = steps * layout.tokens_per_step; [query, key] True = may attend.
 
     Usable directly as ``attn_mask`` of ``F.scaled_dot_product_attention`` (True = take part).
+    ``window``: a timestep sees the context of itself and of the ``window - 1`` timesteps before it
+    only (the streaming backbone's sliding window); None: of every earlier timestep.
     """
     _check_steps(steps)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"window must be a positive int or None, got {window!r}")
     per_step = layout.tokens_per_step
     roles = layout.roles()
     is_context = torch.tensor([r == CONTEXT for r in roles], device=device).repeat(steps)  # (L,)
@@ -117,6 +121,8 @@ def block_attention_mask(
     step = torch.arange(steps * per_step, device=device) // per_step  # (L,)
     q_step, k_step = step[:, None], step[None, :]  # (L, 1), (1, L)
     sees_context = is_context[None, :] & (k_step <= q_step)  # (L, L)
+    if window is not None:
+        sees_context &= q_step - k_step < window
     action_sees_dream = is_action[:, None] & is_dream[None, :] & (k_step == q_step)  # (L, L)
     return sees_context | action_sees_dream
 

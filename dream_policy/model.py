@@ -218,6 +218,15 @@ class DreamVLA(nn.Module):
         return loss, info
 
     @torch.no_grad()
+    def stream_step(self, frame_tokens: dict[str, torch.Tensor], lang_emb: torch.Tensor,
+                    cache: Any) -> dict[str, torch.Tensor]:
+        """Streaming backbones: features of one new timestep (``encode_frames`` groups with T = 1) from
+        the keys and values of earlier ones in ``cache`` (``backbone.StreamCache``): {group: (B, size, D)}."""
+        x = self.tokens({"frame_tokens": frame_tokens, "lang_emb": lang_emb})[:, 0]  # (B, P, D)
+        last = self.backbone.step(x, cache)
+        return {name: last[:, self.layout.step_slice(name)] for name in (*WORLD_KINDS, "action")}
+
+    @torch.no_grad()
     def predict_chunk(self, batch_obs: dict[str, Any], generator: torch.Generator | None = None,
                       block_hook: Any = None) -> torch.Tensor:
         """Action chunk (B, chunk, 7) by DDIM with classifier-free guidance; world heads are skipped.

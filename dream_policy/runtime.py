@@ -11,9 +11,13 @@ training. The DiT head runs under the BAC schedule
 saved next to the checkpoint by ``dream-policy calibrate-cache`` (``cache_schedule.json``) when
 there is one (``cache="auto"``); ``cache="none"`` turns caching off, a path picks another schedule.
 History cache: the tokens that depend on one frame alone (vision latents, proprioception) are
-computed once per frame and reused while the frame stays in the window (``history_cache=True``);
-the backbone then runs over the window (its time embedding is the place in the window, so the
-keys and values of earlier timesteps change as the window rolls and are recomputed). Observations go through ``preprocess_history``, the loader's own preprocessing.
+computed once per frame and reused while the frame stays in the window (``history_cache=True``).
+With a backbone trained with a learned time embedding (the place in the window) the backbone then
+runs over the window: the keys and values of earlier timesteps change as the window rolls. With a
+streaming backbone (``model.backbone.streaming``: rotary time, sliding window) the keys and values
+of earlier timesteps are kept too (``kv_cache=True``) and each new frame is the only timestep the
+backbone computes; an instruction change (the text token is context) restarts the stream from the
+frames held. Without the cache a streaming model recomputes the window (unpadded) each time. Observations go through ``preprocess_history``, the loader's own preprocessing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 
 from dream_policy.bac import SCHEDULE_FILE, CacheSchedule
+from dream_policy.backbone import StreamCache
 from dream_policy.checkpoint import EMA_WEIGHTS, WEIGHTS, load_config, load_normalization, load_weights
 from dream_policy.data.loader import preprocess_history
 from dream_policy.data.normalization import Normalizer, clip_actions
@@ -41,7 +46,7 @@ class DreamPolicy:
 
     def __init__(self, model: DreamVLA, normalizer: Normalizer, text_encoder: TextEncoder,
                  device: str | torch.device = "cpu", seed: int = 0, action_horizon: int | None = None,
-                 schedule: CacheSchedule | None = None, history_cache: bool = True) -> None:
+                 schedule: CacheSchedule | None = None, history_cache: bool = True, kv_cache: bool = True) -> None:
         chunk = model.config.chunk
         self.action_horizon = chunk if action_horizon is None else int(action_horizon)
         if not 1 <= self.action_horizon <= chunk:
@@ -52,6 +57,8 @@ class DreamPolicy:
         self.set_schedule(schedule)
         self.normalizer, self.text_encoder, self.device = normalizer, text_encoder, torch.device(device)
         self.history_len = model.config.backbone.history
+        self.streaming = model.config.backbone.streaming
+        self.kv_cache = kv_cache and self.streaming
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.reset()
 
@@ -59,7 +66,7 @@ class DreamPolicy:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
                         text_encoder: TextEncoder | None = None, action_horizon: int | None = None,
                         cache: str | Path = "auto", history_cache: bool = True,
-                        ddim_steps: int | None = None) -> DreamPolicy:
+                        ddim_steps: int | None = None, kv_cache: bool = True) -> DreamPolicy:
         """Restore a checkpoint folder written by ``dream-policy train`` (``cache``: see the module).
 
         ``ddim_steps`` overrides the number of DDIM denoising steps the checkpoint was configured with
@@ -76,7 +83,8 @@ class DreamPolicy:
         load_weights(path, model, name=EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS)
         normalizer = Normalizer.from_dict(load_normalization(path))
         return cls(model, normalizer, text_encoder or build_text_encoder(config.text_encoder), device,
-                   action_horizon=action_horizon, schedule=find_schedule(path, cache), history_cache=history_cache)
+                   action_horizon=action_horizon, schedule=find_schedule(path, cache), history_cache=history_cache,
+                   kv_cache=kv_cache)
 
     def set_schedule(self, schedule: CacheSchedule | None, source: str = "cache schedule") -> None:
         """Run the DiT head under ``schedule`` (None: no caching); it must fit this model."""
@@ -95,6 +103,9 @@ class DreamPolicy:
         self._frame_tokens: deque[dict[str, torch.Tensor] | None] = deque(maxlen=self.history_len)
         self._queue: deque[np.ndarray] = deque()
         self._instruction: str | None = None
+        self._stream: StreamCache | None = None  # kv_cache: the backbone's keys/values so far
+        self._stream_instruction: str | None = None
+        self._unstreamed = 0  # frames observed but not yet streamed through the backbone
 
     def observe(self, obs: dict[str, Any]) -> None:
         """Append one frame (rgb_static, rgb_gripper, robot_obs; other keys are ignored) to the history."""
@@ -103,17 +114,36 @@ class DreamPolicy:
             raise KeyError(f"observation lacks {missing}; the policy needs {list(OBSERVATION_KEYS)}")
         self._frames.append({k: np.asarray(obs[k]) for k in OBSERVATION_KEYS})
         self._frame_tokens.append(None)
+        self._unstreamed += 1
 
-    def _encoded_frames(self) -> dict[str, torch.Tensor]:
-        """Per-frame token groups of the (padded) window, encoding only frames not encoded before."""
+    def _streamed_condition(self, lang: torch.Tensor, instruction: str) -> torch.Tensor:
+        """kv_cache: stream the frames not streamed yet (all held ones after an instruction change, or
+        when frames left the window unstreamed) and return the newest timestep's action features."""
+        self._encode_missing()
+        if self._stream is None or instruction != self._stream_instruction or self._unstreamed > len(self._frames):
+            self._stream = StreamCache(self.model.config.backbone.depth)
+            self._stream_instruction, self._unstreamed = instruction, len(self._frames)
+        frames = list(self._frame_tokens)
+        for tokens in frames[len(frames) - self._unstreamed:]:
+            feats = self.model.stream_step(tokens, lang, self._stream)
+        self._unstreamed = 0
+        return feats["action"]
+
+    def _encode_missing(self) -> None:
         todo = [i for i, tokens in enumerate(self._frame_tokens) if tokens is None]
         if todo:
             obs = preprocess_history([self._frames[i] for i in todo], OBSERVATION_KEYS, self.normalizer)
             encoded = self.model.encode_frames({k: v[None].to(self.device) for k, v in obs.items()})  # (1, n, ...)
             for j, i in enumerate(todo):
                 self._frame_tokens[i] = {g: x[:, j:j + 1] for g, x in encoded.items()}
+
+    def _encoded_frames(self) -> dict[str, torch.Tensor]:
+        """Per-frame token groups of the window, encoding only frames not encoded before; a short
+        history is padded with its first frame (not for streaming backbones, which need no padding)."""
+        self._encode_missing()
         tokens = list(self._frame_tokens)
-        tokens = [tokens[0]] * (self.history_len - len(tokens)) + tokens  # pad a short history
+        if not self.streaming:
+            tokens = [tokens[0]] * (self.history_len - len(tokens)) + tokens  # pad a short history
         return {g: torch.cat([t[g] for t in tokens], dim=1) for g in tokens[0]}  # (1, T, n, D)
 
     def _batch(self, instruction: str) -> dict[str, Any]:
@@ -121,7 +151,8 @@ class DreamPolicy:
         if self.history_cache:
             return {"frame_tokens": self._encoded_frames(), "lang_emb": lang}
         frames = list(self._frames)
-        frames = [frames[0]] * (self.history_len - len(frames)) + frames  # pad a short history
+        if not self.streaming:
+            frames = [frames[0]] * (self.history_len - len(frames)) + frames  # pad a short history
         history = preprocess_history(frames, OBSERVATION_KEYS, self.normalizer)
         return {"history": {k: v[None].to(self.device) for k, v in history.items()}, "lang_emb": lang}
 
@@ -137,7 +168,12 @@ class DreamPolicy:
         if not self._frames:
             raise RuntimeError("sample_chunk needs a history: observe(obs) at least one frame first")
         hook = CachedBlocks(self.schedule) if self.schedule is not None else None
-        chunk = self.model.predict_chunk(self._batch(instruction), generator=self.generator, block_hook=hook)[0]
+        if self.kv_cache:
+            lang = self.text_encoder.encode([instruction]).to(self.device)  # (1, lang_dim)
+            cond = self._streamed_condition(lang, instruction)
+            chunk = self.model.sample_actions(cond, generator=self.generator, block_hook=hook)[0]
+        else:
+            chunk = self.model.predict_chunk(self._batch(instruction), generator=self.generator, block_hook=hook)[0]
         return clip_actions(chunk.cpu().numpy().astype(np.float64))
 
     def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:

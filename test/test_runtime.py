@@ -166,3 +166,48 @@ def test_ddim_steps_override_reaches_the_sampler(checkpoint):
     with pytest.raises(ValueError, match="ddim_steps"):
         DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), ddim_steps=1000)  # > train_steps
     assert make_checkpoint_policy(str(checkpoint), ddim_steps=20).model.config.ddim_steps == 20
+
+
+@pytest.fixture(scope="module")
+def streaming_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = load_model_config("tiny_streaming")
+    model = DreamVLA(config)
+    normalizer = Normalizer(obs_mean=np.zeros(15), obs_std=np.ones(15))
+    return save_checkpoint(tmp_path_factory.mktemp("stream"), 1, model.state_dict(),
+                           config={"model_config": config.to_dict()}, normalization=normalizer.to_dict())
+
+
+def test_the_kv_history_cache_gives_the_actions_of_full_recomputation(streaming_checkpoint):
+    """A streaming backbone: keys/values of earlier timesteps are kept, each new frame is the only timestep
+    the backbone computes, and the actions equal recomputing the window - while it fills, after it rolls,
+    across an instruction change and when frames arrive faster than chunks are sampled."""
+    cached = DreamPolicy.from_checkpoint(streaming_checkpoint, text_encoder=FakeText())
+    full = DreamPolicy.from_checkpoint(streaming_checkpoint, text_encoder=FakeText(), kv_cache=False)
+    assert cached.kv_cache and not full.kv_cache and cached.history_len == 5
+    steps = []
+    step = cached.model.backbone.step
+    cached.model.backbone.step = lambda x, cache: steps.append(x.shape) or step(x, cache)
+    rng = np.random.default_rng(7)
+    plan = [("open the drawer", 1)] * 6 + [("push the block", 1)] * 2 + [("push the block", 3)] * 2
+    for k, (instruction, frames) in enumerate(plan):
+        for _ in range(frames):
+            o = obs(rng)
+            cached.observe(o)
+            full.observe(o)
+        cached.seed(k)
+        full.seed(k)
+        np.testing.assert_allclose(cached.sample_chunk(instruction), full.sample_chunk(instruction), atol=1e-5)
+    # one timestep per new frame, plus the 5 held frames streamed again after the instruction change
+    assert len(steps) == 6 + (5 + 1) + 2 * 3
+
+
+def test_a_streaming_model_trains_and_checks_its_receptive_field():
+    config = load_model_config("tiny_streaming")
+    assert config.backbone.streaming and config.backbone.receptive_field == config.backbone.history == 5
+    from test_model import random_batch
+
+    model = DreamVLA(config)
+    loss, _ = model(random_batch(config, b=2))
+    loss.backward()
+    assert model.backbone.time_emb is None and torch.isfinite(loss)
