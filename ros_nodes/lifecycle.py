@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 from ros_nodes.transport.base import check_node_name
 
@@ -189,3 +191,18 @@ def ros_remappings(argv: list[str], node_name: str) -> dict[str, str]:
     if expect_rule:
         raise ValueError("--ros-args ends with -r/--remap but no 'from:=to' rule")
     return rules
+
+
+def parse_node_args(parser: Any, argv: list[str] | None) -> tuple[Any, dict[str, str]]:
+    """Return a node's own arguments and the remappings of its ``--ros-args``.
+
+    ``parser`` is an argparse parser with ``--node-name``; a bad remapping rule is a usage error
+    (``ros_remappings``). ``argv`` None: ``sys.argv``.
+    """
+    raw = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(without_ros_args(raw))
+    try:
+        return args, ros_remappings(raw, args.node_name)
+    except ValueError as error:
+        parser.error(str(error))
+        raise  # parser.error exits; this keeps type checkers content

@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,9 +67,8 @@ from ros_nodes.lifecycle import (
     LifecycleNode,
     State,
     autostart,
-    ros_remappings,
+    parse_node_args,
     stop_on_signals,
-    without_ros_args,
 )
 from ros_nodes.lifecycle import resolve_topic as resolve_name
 from ros_nodes.policy_runner import PolicyRunner, PolicyRunnerConfig
@@ -546,12 +544,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="configure and activate at once (--no-autostart: wait for ~/change_state)")
     parser.add_argument("--diagnostics-period", type=float, default=PolicyNodeConfig.diagnostics_period_s,
                         help="seconds of ROS time between diagnostics messages")
-    raw_argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(without_ros_args(raw_argv))
-    try:
-        remappings = ros_remappings(raw_argv, args.node_name)
-    except ValueError as error:
-        parser.error(str(error))
+    args, remappings = parse_node_args(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     contract = load_contract(args.contract)
     use_sim_time = contract.name in SIM_CONTRACTS if args.use_sim_time is None else args.use_sim_time

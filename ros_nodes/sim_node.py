@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ import numpy as np
 
 from ros_nodes import contract as C
 from ros_nodes.convert import TYPESTORE, header, pose_to_tcp, rgb_to_compressed, rgb_to_image, stamp_seconds
-from ros_nodes.lifecycle import ros_remappings, stop_on_signals, without_ros_args
+from ros_nodes.lifecycle import parse_node_args, stop_on_signals
 from ros_nodes.sim_robot import FINGER_NAMES, IMAGE_SHAPES, JOINT_NAMES, SimRobot
 from ros_nodes.transport.base import (
     TRANSPORT_KINDS,
@@ -253,12 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="stop after this many ticks")
     parser.add_argument("--transport", choices=TRANSPORT_KINDS, default="auto")
     parser.add_argument("--node-name", default="sim_node")
-    raw_argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(without_ros_args(raw_argv))
-    try:
-        remappings = ros_remappings(raw_argv, args.node_name)
-    except ValueError as error:
-        parser.error(str(error))
+    args, remappings = parse_node_args(parser, argv)
     if not args.real_time_factor > 0:
         parser.error(f"--real-time-factor must be > 0, got {args.real_time_factor}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
