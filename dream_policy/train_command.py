@@ -8,7 +8,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+
+def has_episodes(split: Path) -> bool:
+    """Whether ``split`` is a split folder with at least one episode (a data set too small for a
+    validation episode may hold an empty validation/; training then runs without validation)."""
+    ids = split / "ep_start_end_ids.npy"
+    if not ids.is_file():
+        return False
+    if np.load(ids).size:
+        return True
+    print(f"note: {split} holds no episode; training without validation")
+    return False
 
 
 def _packed_datasets(cfg: Mapping[str, Any], root: Path, model_cfg: Any, device: torch.device) -> tuple[Any, Any, Any]:
@@ -24,7 +37,7 @@ def _packed_datasets(cfg: Mapping[str, Any], root: Path, model_cfg: Any, device:
               "target_size": model_cfg.world.target_size}
     train = PackedWindowDataset(root, "training", **common)
     val = None
-    if (root / "validation").is_dir():
+    if has_episodes(root / "validation"):
         val = PackedWindowDataset(root, "validation", normalizer=train.normalizer, **common)
     return train, val, train.normalizer
 
@@ -46,7 +59,7 @@ def _datasets(cfg: Mapping[str, Any], model_cfg: Any) -> tuple[Any, Any, Any]:
     stats.parent.mkdir(parents=True, exist_ok=True)
     train = CalvinWindowDataset(root, "training", stats_path=stats, stats_stride=int(cfg["stats_stride"]), **common)
     val = None
-    if (root / "validation").is_dir():
+    if has_episodes(root / "validation"):
         val = CalvinWindowDataset(root, "validation", normalizer=train.normalizer, **{**common, "shuffle_buffer": None})
     return train, val, train.normalizer
 

@@ -368,7 +368,8 @@ class MetricsLog:
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.set_yscale("log")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # nothing logged yet (a run shorter than log_every)
+            ax.legend()
         fig.tight_layout()
         fig.savefig(self.png, dpi=100)
 

@@ -159,3 +159,20 @@ def test_train_command_names_a_packed_size_mismatch(packed: Path, tmp_path: Path
 
     with pytest.raises(PackedDataError, match="re-pack with dream-policy pack image_size=64"):
         main(["train", f"data={packed}", f"trainer.out_dir={tmp_path}", "trainer.total_steps=1", "forecast_n=2"])
+
+
+def test_an_empty_validation_split_is_skipped_by_pack_and_train(source: Path, tmp_path: Path) -> None:
+    from dream_policy.cli import main
+
+    src = tmp_path / "src"
+    shutil.copytree(source / "training", src / "training")
+    (src / "validation").mkdir()
+    np.save(src / "validation" / "ep_start_end_ids.npy", np.zeros((0, 2), np.int64))  # a one-episode collect
+    pack_dataset(src, tmp_path / "packed", IMAGE, TARGET, FORECAST)
+    assert is_packed(tmp_path / "packed") and not (tmp_path / "packed" / "validation").exists()
+    for data in (src, tmp_path / "packed"):
+        out = tmp_path / f"run_{data.name}"
+        assert main(["train", f"data={data}", f"trainer.out_dir={out}", "trainer.total_steps=1",
+                     "trainer.warmup_steps=0", "trainer.batch_size=2", "forecast_n=2",
+                     f"model.vision.image_size={IMAGE}", f"model.world.target_size={TARGET}"]) == 0
+        assert (out / "checkpoints" / "latest").exists()

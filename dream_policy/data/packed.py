@@ -213,7 +213,8 @@ def pack_dataset(src: str | Path, dst: str | Path, image_size: int, target_size:
     """Pack every split of ``src`` that exists into ``dst``; written to a temporary folder and renamed,
     so an interrupted run leaves no half-packed dataset behind."""
     src, dst = Path(src), Path(dst)
-    found = [s for s in splits if (src / s).is_dir()]
+    found = [s for s in splits if (src / s).is_dir() and (not (src / s / EP_IDS_FILE).is_file()
+                                                          or np.load(src / s / EP_IDS_FILE).size)]
     if not found:
         raise FileNotFoundError(f"{src}: none of the splits {list(splits)} exists")
     if dst.exists() and not overwrite:
