@@ -106,6 +106,7 @@ class DreamPolicy:
         self._stream: StreamCache | None = None  # kv_cache: the backbone's keys/values so far
         self._stream_instruction: str | None = None
         self._unstreamed = 0  # frames observed but not yet streamed through the backbone
+        self._stream_action: torch.Tensor | None = None  # the newest streamed frame's action features
 
     def observe(self, obs: dict[str, Any]) -> None:
         """Append one frame (rgb_static, rgb_gripper, robot_obs; other keys are ignored) to the history."""
@@ -125,9 +126,9 @@ class DreamPolicy:
             self._stream_instruction, self._unstreamed = instruction, len(self._frames)
         frames = list(self._frame_tokens)
         for tokens in frames[len(frames) - self._unstreamed:]:
-            feats = self.model.stream_step(tokens, lang, self._stream)
+            self._stream_action = self.model.stream_step(tokens, lang, self._stream)["action"]
         self._unstreamed = 0
-        return feats["action"]
+        return self._stream_action  # the newest frame's, also when sampled again without a new frame
 
     def _encode_missing(self) -> None:
         todo = [i for i, tokens in enumerate(self._frame_tokens) if tokens is None]
