@@ -24,7 +24,8 @@ def has_episodes(split: Path) -> bool:
     return False
 
 
-def _packed_datasets(cfg: Mapping[str, Any], root: Path, model_cfg: Any, device: torch.device) -> tuple[Any, Any, Any]:
+def _packed_datasets(cfg: Mapping[str, Any], root: Path, model_cfg: Any, device: torch.device,
+                     normalizer: Any = None) -> tuple[Any, Any, Any]:
     """Datasets from a packed copy (``dream-policy pack``), on the training device when it is a GPU
     and ``data_device`` is auto (every batch is then a few gathers on the GPU)."""
     from dream_policy.data.packed import PackedWindowDataset
@@ -35,14 +36,16 @@ def _packed_datasets(cfg: Mapping[str, Any], root: Path, model_cfg: Any, device:
     common = {"history": model_cfg.backbone.history, "chunk": model_cfg.chunk, "forecast_n": int(cfg["forecast_n"]),
               "device": device if where == "auto" else "cpu", "image_size": model_cfg.vision.image_size,
               "target_size": model_cfg.world.target_size}
-    train = PackedWindowDataset(root, "training", **common)
+    train = PackedWindowDataset(root, "training", normalizer=normalizer, **common)
     val = None
     if has_episodes(root / "validation"):
         val = PackedWindowDataset(root, "validation", normalizer=train.normalizer, **common)
     return train, val, train.normalizer
 
 
-def _datasets(cfg: Mapping[str, Any], model_cfg: Any) -> tuple[Any, Any, Any]:
+def _datasets(cfg: Mapping[str, Any], model_cfg: Any, normalizer: Any = None) -> tuple[Any, Any, Any]:
+    """Training and validation sets (validation None when the split is empty) and the normaliser
+    (``normalizer``, e.g. a fine-tuned checkpoint's, or the training split's statistics)."""
     from dream_policy.data.loader import CalvinWindowDataset
     from dream_policy.data.packed import is_packed
     from dream_policy.trainer import init_distributed
@@ -51,17 +54,36 @@ def _datasets(cfg: Mapping[str, Any], model_cfg: Any) -> tuple[Any, Any, Any]:
     rank, world = ctx.rank, ctx.world_size
     root = Path(str(cfg["data"]))
     if is_packed(root):
-        return _packed_datasets(cfg, root, model_cfg, ctx.device)
+        return _packed_datasets(cfg, root, model_cfg, ctx.device, normalizer)
     history, chunk = model_cfg.backbone.history, model_cfg.chunk
     common = {"history": history, "chunk": chunk, "forecast_n": int(cfg["forecast_n"]), "rank": rank,
               "world_size": world, "seed": int(cfg["trainer"]["seed"]), "shuffle_buffer": cfg.get("shuffle_buffer")}
     stats = Path(cfg["trainer"]["out_dir"]) / "normalization_stats.json"
     stats.parent.mkdir(parents=True, exist_ok=True)
-    train = CalvinWindowDataset(root, "training", stats_path=stats, stats_stride=int(cfg["stats_stride"]), **common)
+    train = CalvinWindowDataset(root, "training", stats_path=stats, stats_stride=int(cfg["stats_stride"]),
+                                normalizer=normalizer, **common)
     val = None
     if has_episodes(root / "validation"):
         val = CalvinWindowDataset(root, "validation", normalizer=train.normalizer, **{**common, "shuffle_buffer": None})
     return train, val, train.normalizer
+
+
+def initial_model(init: str | Path, use_ema: bool = True) -> tuple[Any, Any]:
+    """Fine-tuning: the model of checkpoint folder ``init`` (its own model config, its EMA weights
+    unless ``use_ema`` is False or there are none) and the normaliser it was trained with."""
+    from dream_policy.checkpoint import EMA_WEIGHTS, WEIGHTS, load_config, load_normalization, load_weights
+    from dream_policy.data.normalization import Normalizer
+    from dream_policy.model import DreamVLA, DreamVLAConfig
+
+    path = Path(init)
+    if not path.is_dir():
+        raise FileNotFoundError(f"init={init}: no such checkpoint folder")
+    full = load_config(path)
+    if "model_config" not in full:
+        raise ValueError(f"init={init}: config.yaml has no 'model_config'; was it written by dream-policy train?")
+    model = DreamVLA(DreamVLAConfig.from_dict(full["model_config"]))
+    load_weights(path, model, name=EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS)
+    return model, Normalizer.from_dict(load_normalization(path))
 
 
 def train_command(cfg: Mapping[str, Any]) -> None:
@@ -73,17 +95,24 @@ def train_command(cfg: Mapping[str, Any]) -> None:
 
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg["torch_threads"]))
-    model = cfg["model"]
-    if isinstance(model, str):  # a plain mapping (tests, scripts) may still name the config
-        model_cfg = load_model_config(model)
+    init, normalizer = cfg.get("init"), None
+    if init:  # fine-tuning: the checkpoint's architecture, weights and normalisation
+        network, normalizer = initial_model(init)
+        model_cfg = network.config
+        print(f"fine-tuning {init} (its model config and normalisation; the 'model' group is not used)")
     else:
-        plain = OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else dict(model)
-        model_cfg = DreamVLAConfig.from_dict(plain)
-    train, val, normalizer = _datasets(cfg, model_cfg)
+        model = cfg["model"]
+        if isinstance(model, str):  # a plain mapping (tests, scripts) may still name the config
+            model_cfg = load_model_config(model)
+        else:
+            plain = OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else dict(model)
+            model_cfg = DreamVLAConfig.from_dict(plain)
+        network = DreamVLA(model_cfg)
+    train, val, normalizer = _datasets(cfg, model_cfg, normalizer)
     trainer_cfg = TrainerConfig.from_dict(OmegaConf.to_container(cfg["trainer"], resolve=True))
     full = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     full["model_config"] = model_cfg.to_dict()
-    trainer = Trainer(DreamVLA(model_cfg), train, val, trainer_cfg, normalization=normalizer.to_dict(),
+    trainer = Trainer(network, train, val, trainer_cfg, normalization=normalizer.to_dict(),
                       full_config=full, resume=cfg.get("resume"))
     trainer.fit()
     trainer.close()

@@ -13,6 +13,7 @@
 # WORKERS (default: all cores), PYTHON (default python3), BATCH, LR, STEPS (skip the probe),
 # WINDOW (frames of each successful attempt annotated with its instruction; default 64 as in CALVIN:
 # the expert's rotations and lightbulb tasks take ~100 steps, so 160 labels whole attempts),
+# LABEL (collect's label mode: calvin, the default, or attempt: only each attempt's own frames),
 # COMPILE (trainer.compile mode, e.g. reduce-overhead; default off).
 set -euo pipefail
 RUN=${1:?usage: train_shipped.sh RUN_DIR [EPISODES] [MINUTES]}
@@ -39,7 +40,7 @@ fi
 echo "data=$DATA episodes=$EPISODES workers=$WORKERS precision=$PRECISION batch=$BATCH lr=$LR"
 if [ ! -d "$DATA/training" ]; then
   MUJOCO_GL=${MUJOCO_GL:-egl} $PY -m dream_policy collect scene=D num_episodes="$EPISODES" episode_len=1024 \
-    workers="$WORKERS" window="${WINDOW:-64}" out="$DATA"
+    workers="$WORKERS" window="${WINDOW:-64}" label="${LABEL:-calvin}" out="$DATA"
 fi
 echo "collect took $(( $(date +%s) - T0 )) s"
 if [ ! -d "$PACKED/training" ]; then

@@ -56,6 +56,9 @@ class Oracle(Protocol):
     def succeeded(self, task: str, start: Snapshot, current: Snapshot) -> bool: ...
 
 
+LABEL_MODES = ("calvin", "attempt")  # how a successful attempt's frames get its instruction (label_span)
+
+
 @dataclass(frozen=True)
 class CollectConfig:
     """Settings of ``dream-policy collect`` (configs/collect.yaml)."""
@@ -69,6 +72,7 @@ class CollectConfig:
     action_noise: float = 0.05
     validation_fraction: float = 0.1
     window: int = 64
+    label: str = "calvin"
 
     def __post_init__(self) -> None:
         if self.scene not in SCENES:
@@ -81,6 +85,8 @@ class CollectConfig:
             raise ValueError(f"collect: seed must be an integer >= 0, got {self.seed!r}")
         if not self.action_noise >= 0:
             raise ValueError(f"collect: action_noise must be >= 0, got {self.action_noise!r}")
+        if self.label not in LABEL_MODES:
+            raise ValueError(f"collect: label must be one of {list(LABEL_MODES)}, got {self.label!r}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"collect: validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
 
@@ -316,6 +322,19 @@ def statistics(out: Path, indices: list[int]) -> dict[str, dict[str, list[float]
     return stats
 
 
+def label_span(start: int, end: int, first: int, window: int, mode: str) -> tuple[int, int]:
+    """The frames annotated with a successful attempt's instruction (``start``..``end``: the attempt,
+    ``first``: its episode's first frame, all in split numbering). ``calvin``: the last ``window``
+    frames up to the success, which may begin inside the attempt before (CALVIN's convention);
+    ``attempt``: the attempt's own frames, at most the last ``window`` of them."""
+    begin = end - window + 1
+    if mode == "attempt":
+        begin = max(begin, start)
+    elif mode != "calvin":
+        raise ValueError(f"label mode must be one of {list(LABEL_MODES)}, got {mode!r}")
+    return max(first, begin), end
+
+
 def language_annotations(spans: list[tuple[int, int, str, str]], embed: Embedder) -> dict[str, Any]:
     """CALVIN's ``auto_lang_ann`` dict from (start, end, task, sentence) windows."""
     sentences = [s for _, _, _, s in spans]
@@ -343,8 +362,8 @@ def assemble_split(config: CollectConfig, split: str, indices: list[int],
             _link_or_copy(frame_file(episode_dir(out, index), local), frame_file(folder, next_id + local))
         ep_ids.append((next_id, next_id + meta["frames"] - 1))
         for a in filter(lambda a: a["succeeded"], meta["attempts"]):
-            end = next_id + a["end"]
-            spans.append((max(next_id, end - config.window + 1), end, a["task"], a["sentence"]))
+            begin, end = label_span(next_id + a["start"], next_id + a["end"], next_id, config.window, config.label)
+            spans.append((begin, end, a["task"], a["sentence"]))
         next_id += meta["frames"]
     np.save(folder / EP_IDS_FILE, np.asarray(ep_ids, dtype=np.int64).reshape(-1, 2))
     np.save(folder / SCENE_INFO_FILE, {f"calvin_scene_{config.scene}": [0, next_id - 1]} if next_id else {})

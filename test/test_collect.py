@@ -17,6 +17,7 @@ from sim.collect import (
     collect_command,
     collect_episode,
     episode_dir,
+    label_span,
     sent_action,
     split_episodes,
 )
@@ -148,6 +149,30 @@ def test_annotations_end_at_success_frames(dataset):
 
     for task, sentence in zip(ann["language"]["task"], ann["language"]["ann"]):
         assert sentence in training_sentences()[task]
+
+
+def test_label_span_modes():
+    # attempt from frame 30 to its success at 100, episode starting at frame 10
+    assert label_span(30, 100, 10, 64, "calvin") == (37, 100)  # the last 64 frames
+    assert label_span(30, 100, 10, 160, "calvin") == (10, 100)  # reaches back into the attempt before
+    assert label_span(30, 100, 10, 160, "attempt") == (30, 100)  # only the attempt's own frames
+    assert label_span(30, 100, 10, 64, "attempt") == (37, 100)  # still at most `window`
+    with pytest.raises(ValueError, match="label mode"):
+        label_span(30, 100, 10, 64, "all")
+    with pytest.raises(ValueError, match="label must be one of"):
+        CollectConfig(label="all")
+
+
+def test_relabelling_reassembles_without_recording(tmp_path):
+    """Running collect again with another window or label mode only rewrites the annotations."""
+    cfg = config(tmp_path, window=10)
+    ann = CalvinDataset(collect(cfg, wiggle_policy, EveryThirdStep(), fake_embed)["training"]).annotations()
+    assert ann["info"]["indx"] == [(0, 3), (0, 6), (7, 10), (7, 13)]  # calvin: back to the episode start
+    recorded = frame_file(episode_dir(Path(cfg.out), 0), 0).stat().st_mtime_ns
+    relabelled = config(tmp_path, window=10, label="attempt")
+    folders = collect(relabelled, wiggle_policy, EveryThirdStep(), fake_embed)
+    assert CalvinDataset(folders["training"]).annotations()["info"]["indx"] == [(0, 3), (3, 6), (7, 10), (10, 13)]
+    assert frame_file(episode_dir(Path(cfg.out), 0), 0).stat().st_mtime_ns == recorded
 
 
 def test_resume_skips_finished_episodes(tmp_path):

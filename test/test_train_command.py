@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 from test_data_loader import make_split
 
-from dream_policy.checkpoint import load_normalization, load_weights
+from dream_policy.checkpoint import load_config, load_normalization, load_tensors, load_weights
 from dream_policy.cli import main
 from dream_policy.data.normalization import Normalizer
 from dream_policy.model import DreamVLA, load_model_config
+from dream_policy.train_command import initial_model
 
 
 def train(data, out, steps: int, *extra: str) -> int:
@@ -38,6 +40,29 @@ def test_train_writes_checkpoints_and_resumes(tmp_path):
     with open(out / "metrics.csv") as f:
         steps = sorted({int(row["step"]) for row in csv.DictReader(f) if row["split"] == "train"})
     assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_init_fine_tunes_from_a_checkpoint(tmp_path):
+    """init=: the new run starts from the checkpoint's EMA weights, with its model config (not the
+    'model' group) and its normalisation (not the new data's statistics)."""
+    data, new_data = tmp_path / "data", tmp_path / "new"
+    make_split(data / "training")
+    make_split(new_data / "training", seed=2)
+    assert train(data, tmp_path / "base", 2, "model.dit.depth=1") == 0
+    base = tmp_path / "base" / "checkpoints" / "step_00000002"
+    # a vanishing learning rate: the fine-tuned weights stay the initial ones
+    assert train(new_data, tmp_path / "ft", 2, f"init={base}", "trainer.lr=1e-12") == 0
+    tuned = tmp_path / "ft" / "checkpoints" / "step_00000002"
+    assert load_config(tuned)["model_config"] == load_config(base)["model_config"]
+    assert load_config(tuned)["model_config"]["dit"]["depth"] == 1
+    assert load_normalization(tuned) == load_normalization(base)
+    start, end = load_tensors(base, "ema.safetensors"), load_tensors(tuned, "model.safetensors")
+    assert start.keys() == end.keys()
+    for name in start:
+        torch.testing.assert_close(end[name], start[name], atol=1e-8, rtol=0)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+        initial_model(tmp_path / "missing")
 
 
 def test_train_without_data_is_a_usage_error(capsys):
