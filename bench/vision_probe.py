@@ -10,6 +10,7 @@ CALVIN-format play-table data set and scored on held-out frames, for the feature
 each with a ridge probe and a small MLP probe (the position may be there non-linearly).
 
     MUJOCO_GL=egl python bench/vision_probe.py --ckpt checkpoints/tiny_D --data data/ft_D [--frames 3000]
+        [--probes ridge mlp]
 
 Prints the mean Euclidean error per block in cm on the held-out quarter. Grasping a 5-8 cm block
 from above needs ~1 cm; if the resampled tokens are much worse than the patches, the resampler is
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="a CALVIN-format split folder or data set root")
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--probes", nargs="+", choices=("ridge", "mlp"), default=["ridge", "mlp"])
     args = parser.parse_args()
     torch.set_num_threads(2)
     root = f"{args.data}/training" if Path(args.data, "training").is_dir() else args.data
@@ -131,8 +133,10 @@ def main() -> None:
         feats = features(load(args.ckpt, trained), images)
         for stage, x in feats.items():
             name = f"{'trained' if trained else 'random'} {stage} ({x.shape[1]} dims)"
-            rows[f"{name}, ridge"] = ridge_error(x, y, train, test)
-            rows[f"{name}, MLP"] = mlp_error(x, y, train, test)
+            if "ridge" in args.probes:
+                rows[f"{name}, ridge"] = ridge_error(x, y, train, test)
+            if "mlp" in args.probes:
+                rows[f"{name}, MLP"] = mlp_error(x, y, train, test)
     print(f"# vision probe: {args.ckpt}, static view, {len(train)} fit / {len(test)} held-out frames of {root}")
     print(f"{'features':44s} " + " ".join(f"{b:>7s}" for b in BLOCKS) + "   (mean error, cm)")
     for name, err in rows.items():
