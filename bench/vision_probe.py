@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dream_policy.checkpoint import EMA_WEIGHTS, load_config, load_weights
-from dream_policy.model import DreamVLA, DreamVLAConfig
+from dream_policy.model import DreamVLA
 from sim.calvin_dataset import CalvinDataset
 
 BLOCKS = {"red": slice(6, 9), "blue": slice(12, 15), "pink": slice(18, 21)}  # scene_obs positions
@@ -106,10 +105,9 @@ def mlp_error(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
 
 
 def load(ckpt: str, trained: bool) -> DreamVLA:
-    model = DreamVLA(DreamVLAConfig.from_dict(load_config(ckpt)["model_config"]))
-    if trained:
-        load_weights(ckpt, model, name=EMA_WEIGHTS)
-    else:
+    """The checkpoint's network (EMA weights), or a random initialisation of the same config."""
+    model = DreamVLA.from_checkpoint(ckpt)
+    if not trained:
         torch.manual_seed(0)
         model = DreamVLA(model.config)
     return model.eval()

@@ -166,6 +166,22 @@ class DreamVLA(nn.Module):
         self.dit = DiT(config.dit)
         self.schedule = DiffusionSchedule(config.train_steps)
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, use_ema: bool = True, **overrides: Any) -> DreamVLA:
+        """The network of a ``dream-policy train`` checkpoint folder: its ``model_config`` (fields
+        in ``overrides`` replaced) and its EMA weights (unless ``use_ema`` is False or there are none)."""
+        from .checkpoint import EMA_WEIGHTS, WEIGHTS, load_config, load_weights
+
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such checkpoint folder")
+        full = load_config(path)
+        if "model_config" not in full:
+            raise ValueError(f"{path}: config.yaml has no 'model_config'; was it written by dream-policy train?")
+        model = cls(DreamVLAConfig.from_dict({**full["model_config"], **overrides}))
+        load_weights(path, model, name=EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS)
+        return model
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

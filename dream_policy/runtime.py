@@ -31,12 +31,12 @@ import torch
 
 from dream_policy.bac import SCHEDULE_FILE, CacheSchedule
 from dream_policy.backbone import StreamCache
-from dream_policy.checkpoint import EMA_WEIGHTS, WEIGHTS, load_config, load_normalization, load_weights
+from dream_policy.checkpoint import load_normalization
 from dream_policy.data.loader import preprocess_history
 from dream_policy.data.normalization import Normalizer, clip_actions
 from dream_policy.dit_cache import CachedBlocks
 from dream_policy.encoders import TextEncoder, build_text_encoder
-from dream_policy.model import DreamVLA, DreamVLAConfig
+from dream_policy.model import DreamVLA
 
 OBSERVATION_KEYS = ("rgb_static", "rgb_gripper", "robot_obs")
 
@@ -72,15 +72,8 @@ class DreamPolicy:
         ``ddim_steps`` overrides the number of DDIM denoising steps the checkpoint was configured with
         (a cache schedule must have been calibrated for the same number)."""
         path = Path(path)
-        full = load_config(path)
-        if "model_config" not in full:
-            raise ValueError(f"{path}: config.yaml has no 'model_config'; was it written by dream-policy train?")
-        values = dict(full["model_config"])
-        if ddim_steps is not None:
-            values["ddim_steps"] = int(ddim_steps)
-        config = DreamVLAConfig.from_dict(values)
-        model = DreamVLA(config)
-        load_weights(path, model, name=EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS)
+        model = DreamVLA.from_checkpoint(path, use_ema, **({} if ddim_steps is None else {"ddim_steps": int(ddim_steps)}))
+        config = model.config
         normalizer = Normalizer.from_dict(load_normalization(path))
         return cls(model, normalizer, text_encoder or build_text_encoder(config.text_encoder), device,
                    action_horizon=action_horizon, schedule=find_schedule(path, cache), history_cache=history_cache,

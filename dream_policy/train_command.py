@@ -68,22 +68,14 @@ def _datasets(cfg: Mapping[str, Any], model_cfg: Any, normalizer: Any = None) ->
     return train, val, train.normalizer
 
 
-def initial_model(init: str | Path, use_ema: bool = True) -> tuple[Any, Any]:
-    """Fine-tuning: the model of checkpoint folder ``init`` (its own model config, its EMA weights
-    unless ``use_ema`` is False or there are none) and the normaliser it was trained with."""
-    from dream_policy.checkpoint import EMA_WEIGHTS, WEIGHTS, load_config, load_normalization, load_weights
+def initial_model(init: str | Path) -> tuple[Any, Any]:
+    """Fine-tuning: checkpoint ``init``'s network (its model config, EMA weights) and the normaliser
+    it was trained with."""
+    from dream_policy.checkpoint import load_normalization
     from dream_policy.data.normalization import Normalizer
-    from dream_policy.model import DreamVLA, DreamVLAConfig
+    from dream_policy.model import DreamVLA
 
-    path = Path(init)
-    if not path.is_dir():
-        raise FileNotFoundError(f"init={init}: no such checkpoint folder")
-    full = load_config(path)
-    if "model_config" not in full:
-        raise ValueError(f"init={init}: config.yaml has no 'model_config'; was it written by dream-policy train?")
-    model = DreamVLA(DreamVLAConfig.from_dict(full["model_config"]))
-    load_weights(path, model, name=EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS)
-    return model, Normalizer.from_dict(load_normalization(path))
+    return DreamVLA.from_checkpoint(init), Normalizer.from_dict(load_normalization(init))
 
 
 def train_command(cfg: Mapping[str, Any]) -> None:
