@@ -50,6 +50,7 @@ class KeyReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    grown: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
 
     def describe(self) -> str:
         lines = []
@@ -59,6 +60,8 @@ class KeyReport:
             lines.append(f"unexpected keys (in the file, not in the model): {self.unexpected}")
         for key, file_shape, model_shape in self.mismatched:
             lines.append(f"shape mismatch for {key!r}: file {file_shape} vs model {model_shape}")
+        for key, file_shape, model_shape in self.grown:
+            lines.append(f"grown {key!r}: file {file_shape} -> model {model_shape} (the rest keeps its initialisation)")
         return "\n  ".join(lines)
 
 
@@ -222,14 +225,38 @@ def compare_keys(model_state: Mapping[str, torch.Tensor], file_state: Mapping[st
     )
 
 
-def load_weights(path: str | Path, model: nn.Module, strict: bool = True, name: str = WEIGHTS) -> KeyReport:
+def grow_tensor(saved: torch.Tensor, initial: torch.Tensor) -> torch.Tensor | None:
+    """``initial`` with its leading block replaced by ``saved``, when ``saved`` fits inside it (same
+    number of dimensions, none larger); None when it does not. Fine-tuning into a larger model: e.g.
+    4 resampler latents (4, C) into 16 (16, C) keeps the 4 trained ones and 12 fresh ones."""
+    if saved.ndim != initial.ndim or any(s > i for s, i in zip(saved.shape, initial.shape)):
+        return None
+    grown = initial.clone()
+    grown[tuple(slice(0, n) for n in saved.shape)] = saved.to(initial.dtype)
+    return grown
+
+
+def load_weights(path: str | Path, model: nn.Module, strict: bool = True, name: str = WEIGHTS,
+                 grow: bool = False) -> KeyReport:
     """Copy weights from a checkpoint folder (its ``name`` file) or a safetensors file into ``model``.
 
-    ``strict``: any missing or unexpected key is an error. Shape mismatches are always an error.
-    The error names every offending key.
+    ``strict``: any missing or unexpected key is an error. Shape mismatches are an error, except,
+    with ``grow``, a saved tensor that fits inside the model's (``grow_tensor``; listed in
+    ``report.grown``). The error names every offending key.
     """
     file_state = load_tensors(path, name)
-    report = compare_keys(model.state_dict(), file_state)
+    model_state = model.state_dict()
+    report = compare_keys(model_state, file_state)
+    if grow:
+        still = []
+        for key, file_shape, model_shape in report.mismatched:
+            grown = grow_tensor(file_state[key], model_state[key])
+            if grown is None:
+                still.append((key, file_shape, model_shape))
+            else:
+                file_state[key] = grown
+                report.grown.append((key, file_shape, model_shape))
+        report.mismatched = still
     if report.mismatched or (strict and (report.missing or report.unexpected)):
         raise CheckpointError(f"{_file(path, name)}: weights do not fit {type(model).__name__}:\n  "
                               f"{report.describe()}")

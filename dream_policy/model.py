@@ -18,6 +18,7 @@ dream queries feed the world heads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,17 @@ def _section(name: str, values: dict[str, Any]) -> Any:
     return cls(**values)
 
 
+def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in; nested mappings merge key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_model_config(name: str, config_dir: str | Path = CONFIG_DIR) -> DreamVLAConfig:
     """DreamVLAConfig from ``<config_dir>/<name>.yaml`` (e.g. ``tiny``, ``paper``)."""
     path = Path(config_dir) / f"{name}.yaml"
@@ -165,11 +177,15 @@ class DreamVLA(nn.Module):
         self.world_heads = WorldHeads(config.world, width, config.views, config.dream_per_view)
         self.dit = DiT(config.dit)
         self.schedule = DiffusionSchedule(config.train_steps)
+        self.grown: list[str] = []  # parameters ``from_checkpoint(grow=True)`` filled only in part
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, use_ema: bool = True, **overrides: Any) -> DreamVLA:
-        """The network of a ``dream-policy train`` checkpoint folder: its ``model_config`` (fields
-        in ``overrides`` replaced) and its EMA weights (unless ``use_ema`` is False or there are none)."""
+    def from_checkpoint(cls, path: str | Path, use_ema: bool = True, grow: bool = False,
+                        **overrides: Any) -> DreamVLA:
+        """The network of a ``dream-policy train`` checkpoint folder: its ``model_config`` with
+        ``overrides`` merged in (sections field by field: ``vision={"num_latents": 16}``) and its EMA
+        weights (unless ``use_ema`` is False or there are none). ``grow``: saved tensors smaller than the
+        overridden model's are copied into their leading part (``checkpoint.grow_tensor``)."""
         from .checkpoint import EMA_WEIGHTS, WEIGHTS, load_config, load_weights
 
         path = Path(path)
@@ -178,8 +194,10 @@ class DreamVLA(nn.Module):
         full = load_config(path)
         if "model_config" not in full:
             raise ValueError(f"{path}: config.yaml has no 'model_config'; was it written by dream-policy train?")
-        model = cls(DreamVLAConfig.from_dict({**full["model_config"], **overrides}))
-        load_weights(path, model, name=EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS)
+        model = cls(DreamVLAConfig.from_dict(merge_config(full["model_config"], overrides)))
+        name = EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS
+        report = load_weights(path, model, name=name, grow=grow)
+        model.grown = [key for key, _, _ in report.grown]
         return model
 
     def num_params(self) -> int:

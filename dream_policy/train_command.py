@@ -68,14 +68,15 @@ def _datasets(cfg: Mapping[str, Any], model_cfg: Any, normalizer: Any = None) ->
     return train, val, train.normalizer
 
 
-def initial_model(init: str | Path) -> tuple[Any, Any]:
-    """Fine-tuning: checkpoint ``init``'s network (its model config, EMA weights) and the normaliser
-    it was trained with."""
+def initial_model(init: str | Path, changes: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """Fine-tuning: checkpoint ``init``'s network (its model config with ``changes`` merged in, EMA
+    weights; tensors a change enlarged keep the saved part) and the normaliser it was trained with."""
     from dream_policy.checkpoint import load_normalization
     from dream_policy.data.normalization import Normalizer
     from dream_policy.model import DreamVLA
 
-    return DreamVLA.from_checkpoint(init), Normalizer.from_dict(load_normalization(init))
+    network = DreamVLA.from_checkpoint(init, grow=True, **dict(changes or {}))
+    return network, Normalizer.from_dict(load_normalization(init))
 
 
 def train_command(cfg: Mapping[str, Any]) -> None:
@@ -89,9 +90,15 @@ def train_command(cfg: Mapping[str, Any]) -> None:
         torch.set_num_threads(int(cfg["torch_threads"]))
     init, normalizer = cfg.get("init"), None
     if init:  # fine-tuning: the checkpoint's architecture, weights and normalisation
-        network, normalizer = initial_model(init)
+        changes = cfg.get("init_model") or {}
+        if OmegaConf.is_config(changes):
+            changes = OmegaConf.to_container(changes, resolve=True)
+        network, normalizer = initial_model(init, changes)
         model_cfg = network.config
-        print(f"fine-tuning {init} (its model config and normalisation; the 'model' group is not used)")
+        print(f"fine-tuning {init} (its model config and normalisation; the 'model' group is not used)"
+              + (f"; changed: {changes}" if changes else ""))
+        for key in network.grown:
+            print(f"  {key}: saved values kept in the leading part, the rest newly initialised")
     else:
         model = cfg["model"]
         if isinstance(model, str):  # a plain mapping (tests, scripts) may still name the config

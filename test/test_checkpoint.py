@@ -12,6 +12,7 @@ from torch import nn
 import dream_policy.checkpoint as ckpt
 from dream_policy.checkpoint import (
     CheckpointError,
+    grow_tensor,
     latest_checkpoint,
     load_config,
     load_normalization,
@@ -131,6 +132,31 @@ def test_weight_mismatches_are_named(tmp_path: Path) -> None:
     assert report.unexpected == ["2.bias", "2.weight"]
     with pytest.raises(CheckpointError, match="shape mismatch"):
         load_weights(path, wider, strict=False)
+
+
+def test_grow_tensor_keeps_the_saved_block() -> None:
+    saved, initial = torch.arange(6.0).view(3, 2), torch.full((4, 3), -1.0)
+    grown = grow_tensor(saved, initial)
+    torch.testing.assert_close(grown[:3, :2], saved)
+    assert (grown[3] == -1).all() and (grown[:, 2] == -1).all()
+    assert (initial == -1).all()  # not modified in place
+    assert grow_tensor(initial, saved) is None  # larger than the model's: cannot grow
+    assert grow_tensor(saved, torch.zeros(3, 2, 1)) is None  # other number of dimensions
+
+
+def test_grow_loads_a_smaller_checkpoint_into_a_wider_model(tmp_path: Path) -> None:
+    narrow = _model(hidden=3)
+    path = _save(tmp_path, 1, narrow)
+    wider = _model(hidden=4)
+    fresh_row = wider[0].weight[3].detach().clone()
+    report = load_weights(path, wider, grow=True)
+    assert [key for key, _, _ in report.grown] == ["0.weight", "0.bias", "2.weight"]
+    assert "grown '0.weight': file (3, 2) -> model (4, 2)" in report.describe()
+    torch.testing.assert_close(wider[0].weight[:3], narrow[0].weight)
+    torch.testing.assert_close(wider[0].weight[3], fresh_row)  # the new row keeps its initialisation
+    torch.testing.assert_close(wider[2].bias, narrow[2].bias)  # unchanged shapes load as usual
+    with pytest.raises(CheckpointError, match=r"shape mismatch for '0.weight': file \(3, 2\) vs model \(2, 2\)"):
+        load_weights(path, _model(hidden=2), grow=True)  # shrinking is still an error
 
 
 @pytest.mark.parametrize("content", [b"not a safetensors file", b""])

@@ -61,6 +61,19 @@ def test_init_fine_tunes_from_a_checkpoint(tmp_path):
     assert start.keys() == end.keys()
     for name in start:
         torch.testing.assert_close(end[name], start[name], atol=1e-8, rtol=0)
+    # init_model: change a field of the checkpoint's model config; the enlarged latents keep the saved ones
+    assert train(new_data, tmp_path / "grown", 2, f"init={base}", "+init_model.vision.num_latents=6",
+                 "trainer.lr=1e-12") == 0
+    grown = tmp_path / "grown" / "checkpoints" / "step_00000002"
+    expected = load_config(base)["model_config"]
+    expected["vision"]["num_latents"] = 6  # the other vision fields stay the checkpoint's
+    assert load_config(grown)["model_config"] == expected
+    end = load_tensors(grown, "model.safetensors")
+    latents = "vision.encoders.shared.resampler.latents"
+    assert end[latents].shape[0] == 6 and start[latents].shape[0] == 4
+    torch.testing.assert_close(end[latents][:4], start[latents], atol=1e-8, rtol=0)
+    for name in start.keys() - {latents}:
+        torch.testing.assert_close(end[name], start[name], atol=1e-8, rtol=0)
     with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
         initial_model(tmp_path / "missing")
 
