@@ -14,7 +14,8 @@
 # WINDOW (frames of each successful attempt annotated with its instruction; default 64 as in CALVIN:
 # the expert's rotations and lightbulb tasks take ~100 steps, so 160 labels whole attempts),
 # LABEL (collect's label mode: calvin, the default, or attempt: only each attempt's own frames),
-# COMPILE (trainer.compile mode, e.g. reduce-overhead; default off).
+# COMPILE (trainer.compile mode, e.g. reduce-overhead; default off), MODEL (configs/model/<MODEL>.yaml,
+# default tiny).
 set -euo pipefail
 RUN=${1:?usage: train_shipped.sh RUN_DIR [EPISODES] [MINUTES]}
 EPISODES=${2:-96}
@@ -29,6 +30,7 @@ if [ -z "${DATA:-}" ]; then
   fi
 fi
 PACKED=${DATA}_packed
+MODEL=${MODEL:-tiny}
 PRECISION=fp32
 BATCH=${BATCH:-32}
 LR=${LR:-1.0e-3}
@@ -37,14 +39,14 @@ if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; 
   BATCH=${BATCH_GPU:-512}
   LR=${LR_GPU:-1.5e-3}
 fi
-echo "data=$DATA episodes=$EPISODES workers=$WORKERS precision=$PRECISION batch=$BATCH lr=$LR"
+echo "model=$MODEL data=$DATA episodes=$EPISODES workers=$WORKERS precision=$PRECISION batch=$BATCH lr=$LR"
 if [ ! -d "$DATA/training" ]; then
   MUJOCO_GL=${MUJOCO_GL:-egl} $PY -m dream_policy collect scene=D num_episodes="$EPISODES" episode_len=1024 \
     workers="$WORKERS" window="${WINDOW:-64}" label="${LABEL:-calvin}" out="$DATA"
 fi
 echo "collect took $(( $(date +%s) - T0 )) s"
 if [ ! -d "$PACKED/training" ]; then
-  $PY -m dream_policy pack data="$DATA" out="$PACKED" model=tiny forecast_n=3 workers="$WORKERS"
+  $PY -m dream_policy pack data="$DATA" out="$PACKED" model="$MODEL" forecast_n=3 workers="$WORKERS"
 fi
 echo "collect + pack took $(( $(date +%s) - T0 )) s"
 if [ -n "${BUDGET_S:-}" ]; then  # what is left, less start-up, validation and saving
@@ -52,7 +54,7 @@ if [ -n "${BUDGET_S:-}" ]; then  # what is left, less start-up, validation and s
 fi
 if [ -z "${STEPS:-}" ]; then
   T1=$(date +%s)
-  RATE=$($PY scripts/probe_train_speed.py "$PACKED" --batch "$BATCH" --precision "$PRECISION" \
+  RATE=$($PY scripts/probe_train_speed.py "$PACKED" --model "$MODEL" --batch "$BATCH" --precision "$PRECISION" \
     ${COMPILE:+--compile "$COMPILE" --warmup 40} | tail -1 | cut -d= -f2)
   MINUTES=$($PY -c "print(round($MINUTES - ($(date +%s) - $T1) / 60, 2))")
   STEPS=$($PY -c "print(max(100, int($RATE * $MINUTES * 60 * 0.92)))")
@@ -63,7 +65,7 @@ if ! $PY -c "import sys; sys.exit(0 if $MINUTES >= 0.5 else 1)"; then
 fi
 echo "training $STEPS steps in at most $MINUTES min"
 WARMUP=$(( STEPS < 5000 ? STEPS / 10 : 500 ))
-$PY -m dream_policy train data="$PACKED" model=tiny trainer.out_dir="$RUN" trainer.precision="$PRECISION" \
+$PY -m dream_policy train data="$PACKED" model="$MODEL" trainer.out_dir="$RUN" trainer.precision="$PRECISION" \
   trainer.batch_size="$BATCH" trainer.lr="$LR" trainer.num_workers=$(( WORKERS > 3 ? 2 : 0 )) \
   trainer.total_steps="$STEPS" trainer.warmup_steps="$WARMUP" trainer.time_limit_min="$MINUTES" \
   trainer.eval_every=2000 trainer.save_every=2000 trainer.log_every=100 trainer.compile="${COMPILE:-null}"
