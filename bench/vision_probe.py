@@ -1,6 +1,7 @@
-"""How precisely do a checkpoint's image tokens locate the blocks? A linear (ridge) probe from the
-static view's features to the three blocks' positions (``scene_obs``), fitted on frames of a
-CALVIN-format play-table data set and scored on held-out frames, for the features at each stage:
+"""How precisely do a checkpoint's image tokens locate the blocks? A linear (ridge) probe from one
+view's features to the three blocks' positions (``scene_obs``; for the gripper view, relative to the
+gripper: block minus TCP position, ``robot_obs[:3]``), fitted on frames of a CALVIN-format play-table
+data set and scored on held-out frames, for the features at each stage:
 
 - ``patches``: the ViT's 64 patch tokens (before the Perceiver resampler),
 - ``resampled``: what the backbone receives per view (CLS + ``num_latents`` resampled latents),
@@ -10,7 +11,7 @@ CALVIN-format play-table data set and scored on held-out frames, for the feature
 each with a ridge probe and a small MLP probe (the position may be there non-linearly).
 
     MUJOCO_GL=egl python bench/vision_probe.py --ckpt checkpoints/tiny_D --data data/ft_D [--frames 3000]
-        [--probes ridge mlp]
+        [--probes ridge mlp] [--view static|gripper]
 
 Prints the mean Euclidean error per block in cm on the held-out quarter. Grasping a 5-8 cm block
 from above needs ~1 cm; if the resampled tokens are much worse than the patches, the resampler is
@@ -32,28 +33,34 @@ from sim.calvin_dataset import CalvinDataset
 BLOCKS = {"red": slice(6, 9), "blue": slice(12, 15), "pink": slice(18, 21)}  # scene_obs positions
 
 
-def sample_frames(root: str, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Static RGB (count, 200, 200, 3) and block positions (count, 9) of random frames of ``root``."""
+def block_targets(scene_obs: np.ndarray, robot_obs: np.ndarray, view: str) -> np.ndarray:
+    """The probe's target (9,): the blocks' positions, relative to the gripper (TCP) for its view."""
+    blocks = np.concatenate([scene_obs[s] for s in BLOCKS.values()])
+    return blocks - np.tile(robot_obs[:3], len(BLOCKS)) if view == "gripper" else blocks
+
+
+def sample_frames(root: str, count: int, seed: int, view: str = "static") -> tuple[np.ndarray, np.ndarray]:
+    """RGB of ``view`` (count, H, W, 3) and block targets (count, 9) of random frames of ``root``."""
     data = CalvinDataset(root)
     ids = np.concatenate([np.arange(s, e + 1) for s, e in data.episodes()])
     picked = np.sort(np.random.default_rng(seed).choice(ids, size=min(count, len(ids)), replace=False))
     images, targets = [], []
     for i in tqdm(picked, desc="frames", unit="frame"):
-        frame = data.frame(int(i), ("rgb_static", "scene_obs"))
-        images.append(frame["rgb_static"])
-        targets.append(np.concatenate([frame["scene_obs"][s] for s in BLOCKS.values()]))
+        frame = data.frame(int(i), (f"rgb_{view}", "scene_obs", "robot_obs"))
+        images.append(frame[f"rgb_{view}"])
+        targets.append(block_targets(frame["scene_obs"], frame["robot_obs"], view))
     return np.stack(images), np.stack(targets).astype(np.float64)
 
 
 @torch.no_grad()
-def features(model: DreamVLA, images: np.ndarray, batch: int = 128) -> dict[str, np.ndarray]:
-    """{stage: (N, dims)} static-view features at each stage of the vision encoder."""
-    view = model.vision.encoders["shared"] if model.vision.shared else model.vision.encoders["static"]
+def features(model: DreamVLA, images: np.ndarray, batch: int = 128, view: str = "static") -> dict[str, np.ndarray]:
+    """{stage: (N, dims)} features of ``view``'s images at each stage of the vision encoder."""
+    encoder = model.vision.encoders["shared" if model.vision.shared else view]
     out: dict[str, list[np.ndarray]] = {"patches": [], "resampled": []}
     for start in range(0, len(images), batch):
         x = torch.from_numpy(images[start:start + batch]).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
-        cls, patches = view.encoder(view.preprocess(x))  # (B, C), (B, N, C)
-        latents = view.resampler(patches)  # (B, Q, C)
+        cls, patches = encoder.encoder(encoder.preprocess(x))  # (B, C), (B, N, C)
+        latents = encoder.resampler(patches)  # (B, Q, C)
         out["patches"].append(patches.flatten(1).numpy())
         out["resampled"].append(torch.cat([cls[:, None], latents], 1).flatten(1).numpy())
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
@@ -73,7 +80,7 @@ def ridge_error(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarra
         return a.T @ alpha, ym
 
     def error(rows: np.ndarray, w: np.ndarray, ym: np.ndarray) -> np.ndarray:
-        diff = (x[rows] @ w + ym - y[rows]).reshape(len(rows), len(BLOCKS), 3)
+        diff = (x[rows] @ w + ym - y[rows]).reshape(len(rows), -1, 3)
         return np.linalg.norm(diff, axis=-1).mean(0)
 
     lams = [10.0 ** p for p in range(-1, 6)]
@@ -101,7 +108,19 @@ def mlp_error(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
     net.eval()
     with torch.no_grad():
         pred = net(xs[torch.from_numpy(test)]).numpy() * ys + ym
-    return np.linalg.norm((pred - y[test]).reshape(len(test), len(BLOCKS), 3), axis=-1).mean(0)
+    return np.linalg.norm((pred - y[test]).reshape(len(test), -1, 3), axis=-1).mean(0)
+
+
+def near_subsets(y: np.ndarray, train: np.ndarray, test: np.ndarray,
+                 radius: float) -> list[tuple[np.ndarray, np.ndarray, slice]]:
+    """Per block: the train and test rows where its target (gripper-relative) is within ``radius``,
+    and its target columns."""
+    out = []
+    for b in range(len(BLOCKS)):
+        cols = slice(3 * b, 3 * b + 3)
+        near = np.linalg.norm(y[:, cols], axis=1) < radius
+        out.append((train[near[train]], test[near[test]], cols))
+    return out
 
 
 def load(ckpt: str, trained: bool) -> DreamVLA:
@@ -120,22 +139,44 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--probes", nargs="+", choices=("ridge", "mlp"), default=["ridge", "mlp"])
+    parser.add_argument("--view", choices=("static", "gripper"), default="static",
+                        help="gripper: positions relative to the gripper (block minus TCP)")
+    parser.add_argument("--near", type=float, default=None, metavar="M",
+                        help="per block, fit and score only frames where it is within M metres of the gripper")
     args = parser.parse_args()
     torch.set_num_threads(2)
     root = f"{args.data}/training" if Path(args.data, "training").is_dir() else args.data
-    images, y = sample_frames(root, args.frames, args.seed)
+    images, y = sample_frames(root, args.frames, args.seed, args.view)
     order = np.random.default_rng(args.seed + 1).permutation(len(y))
     train, test = order[: 3 * len(y) // 4], order[3 * len(y) // 4:]
-    rows = {"mean position": np.linalg.norm((y[train].mean(0) - y[test]).reshape(-1, 3, 3), axis=-1).mean(0)}
+    subsets = [(train, test, slice(None))]  # (fit rows, scored rows, target columns) per block or for all
+    if args.near is not None:
+        if args.view != "gripper":
+            parser.error("--near needs --view gripper (targets relative to the gripper)")
+        subsets = near_subsets(y, train, test, args.near)
+        few = [b for b, (fit, scored, _) in zip(BLOCKS, subsets) if len(fit) < 20 or len(scored) < 5]
+        if few:
+            parser.error(f"too few frames with {few} within {args.near} m of the gripper: raise --frames or --near")
+        print(f"frames within {args.near:.2f} m (fit / scored): "
+              + ", ".join(f"{b} {len(f)} / {len(t)}" for b, (f, t, _) in zip(BLOCKS, subsets)))
+
+    def score(probe, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([probe(x, y[:, cols], fit, scored) for fit, scored, cols in subsets])
+
+    rows = {"mean position": np.concatenate([
+        np.linalg.norm((y[fit][:, cols].mean(0) - y[scored][:, cols]).reshape(len(scored), -1, 3), axis=-1).mean(0)
+        for fit, scored, cols in subsets])}
     for trained in (True, False):
-        feats = features(load(args.ckpt, trained), images)
+        feats = features(load(args.ckpt, trained), images, view=args.view)
         for stage, x in feats.items():
             name = f"{'trained' if trained else 'random'} {stage} ({x.shape[1]} dims)"
             if "ridge" in args.probes:
-                rows[f"{name}, ridge"] = ridge_error(x, y, train, test)
+                rows[f"{name}, ridge"] = score(ridge_error, x)
             if "mlp" in args.probes:
-                rows[f"{name}, MLP"] = mlp_error(x, y, train, test)
-    print(f"# vision probe: {args.ckpt}, static view, {len(train)} fit / {len(test)} held-out frames of {root}")
+                rows[f"{name}, MLP"] = score(mlp_error, x)
+    what = "static view" if args.view == "static" else "gripper view, positions relative to the gripper"
+    what += f", frames with the block within {args.near} m" if args.near is not None else ""
+    print(f"# vision probe: {args.ckpt}, {what}, {len(train)} fit / {len(test)} held-out frames of {root}")
     print(f"{'features':44s} " + " ".join(f"{b:>7s}" for b in BLOCKS) + "   (mean error, cm)")
     for name, err in rows.items():
         print(f"{name:44s} " + " ".join(f"{100 * e:7.2f}" for e in err))

@@ -36,3 +36,26 @@ def test_feature_stages_have_the_encoders_shapes():
     v = cfg.vision
     assert feats["patches"].shape == (3, (v.image_size // v.patch) ** 2 * v.width)
     assert feats["resampled"].shape == (3, (v.num_latents + 1) * v.width)
+    gripper = probe.features(model, images[:, :84, :84], view="gripper")  # resized to the same tokens
+    assert gripper["patches"].shape == feats["patches"].shape
+
+
+def test_gripper_targets_are_relative_to_the_tcp():
+    scene = np.arange(24, dtype=np.float64)
+    robot = np.zeros(15)
+    robot[:3] = [1.0, 2.0, 3.0]
+    static = probe.block_targets(scene, robot, "static")
+    np.testing.assert_array_equal(static, np.r_[scene[6:9], scene[12:15], scene[18:21]])
+    np.testing.assert_array_equal(probe.block_targets(scene, robot, "gripper"), static - np.tile([1.0, 2.0, 3.0], 3))
+
+
+def test_near_subsets_keep_each_blocks_close_frames():
+    y = np.zeros((6, 9))
+    y[:, 0] = [0.05, 0.3, 0.1, 0.5, 0.02, 0.2]  # red's distance along x
+    y[:, 3:6] = 1.0  # blue never near
+    y[:, 6:9] = 0.01  # pink always near
+    train, test = np.arange(4), np.arange(4, 6)
+    (rf, rt, rc), (bf, bt, _), (pf, pt, pc) = probe.near_subsets(y, train, test, 0.15)
+    assert rf.tolist() == [0, 2] and rt.tolist() == [4] and rc == slice(0, 3)
+    assert len(bf) == 0 and len(bt) == 0
+    assert pf.tolist() == train.tolist() and pt.tolist() == test.tolist() and pc == slice(6, 9)
