@@ -11,7 +11,7 @@ data set and scored on held-out frames, for the features at each stage:
 each with a ridge probe and a small MLP probe (the position may be there non-linearly).
 
     MUJOCO_GL=egl python bench/vision_probe.py --ckpt checkpoints/tiny_D --data data/ft_D [--frames 3000]
-        [--probes ridge mlp] [--view static|gripper]
+        [--probes ridge mlp] [--view static|gripper] [--near M]
 
 Prints the mean Euclidean error per block in cm on the held-out quarter. Grasping a 5-8 cm block
 from above needs ~1 cm; if the resampled tokens are much worse than the patches, the resampler is

@@ -4,6 +4,7 @@ wired from one Hydra config (``configs/train.yaml``). Multi-GPU: ``torchrun --np
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,12 @@ def _packed_datasets(cfg: Mapping[str, Any], root: Path, model_cfg: Any, device:
     if has_episodes(root / "validation"):
         val = PackedWindowDataset(root, "validation", normalizer=train.normalizer, **common)
     return train, val, train.normalizer
+
+
+def say(message: str) -> None:
+    """Print once per run: on the first process of a torchrun group (``RANK`` 0) or a plain run."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message)
 
 
 def _datasets(cfg: Mapping[str, Any], model_cfg: Any, normalizer: Any = None) -> tuple[Any, Any, Any]:
@@ -95,10 +102,10 @@ def train_command(cfg: Mapping[str, Any]) -> None:
             changes = OmegaConf.to_container(changes, resolve=True)
         network, normalizer = initial_model(init, changes)
         model_cfg = network.config
-        print(f"fine-tuning {init} (its model config and normalisation; the 'model' group is not used)"
-              + (f"; changed: {changes}" if changes else ""))
+        say(f"fine-tuning {init} (its model config and normalisation; the 'model' group is not used)"
+            + (f"; changed: {changes}" if changes else ""))
         for key in network.grown:
-            print(f"  {key}: saved values kept in the leading part, the rest newly initialised")
+            say(f"  {key}: saved values kept in the leading part, the rest newly initialised")
     else:
         model = cfg["model"]
         if isinstance(model, str):  # a plain mapping (tests, scripts) may still name the config
@@ -115,5 +122,5 @@ def train_command(cfg: Mapping[str, Any]) -> None:
                       full_config=full, resume=cfg.get("resume"))
     trainer.fit()
     trainer.close()
-    print(f"trained to step {trainer.global_step} of {trainer_cfg.total_steps}; last checkpoint: {trainer.last_checkpoint}")
-    print(f"metrics: {Path(trainer_cfg.out_dir) / 'metrics.csv'}, plot: {Path(trainer_cfg.out_dir) / 'loss.png'}")
+    say(f"trained to step {trainer.global_step} of {trainer_cfg.total_steps}; last checkpoint: {trainer.last_checkpoint}")
+    say(f"metrics: {Path(trainer_cfg.out_dir) / 'metrics.csv'}, plot: {Path(trainer_cfg.out_dir) / 'loss.png'}")
