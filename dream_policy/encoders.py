@@ -139,7 +139,9 @@ class VisionConfig:
     heads: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.0
-    num_latents: int = 4  # Perceiver latents per view (image tokens; CLS is kept on top)
+    num_latents: int = 4  # image tokens per view (CLS is kept on top)
+    readout: str = "resampler"  # patches -> image tokens: "resampler" (Perceiver) or "pool" (average-pooled
+    #                             patch grid, sqrt(num_latents) x sqrt(num_latents): keeps where things are)
     resampler_depth: int = 1
     resampler_heads: int = 4
     shared: bool = True  # one encoder for all views, else one per view
@@ -157,6 +159,11 @@ class VisionConfig:
                             num_latents=self.num_latents, resampler_depth=self.resampler_depth,
                             resampler_heads=self.resampler_heads)
         check_dropout("VisionConfig", self.dropout)
+        if self.readout not in READOUTS:
+            raise ValueError(f"VisionConfig.readout {self.readout!r} is not one of {list(READOUTS)}")
+        if self.readout == "pool" and round(self.num_latents ** 0.5) ** 2 != self.num_latents:
+            raise ValueError(f"VisionConfig.num_latents={self.num_latents} must be a square (4, 16, 64) "
+                             "for readout='pool'")
         if not (0 <= self.augment_shift < self.image_size // 2 and 0 <= self.augment_color < 1):
             raise ValueError(f"VisionConfig.augment_shift={self.augment_shift} must be in [0, image_size/2) and "
                              f"augment_color={self.augment_color} in [0, 1)")
@@ -347,6 +354,26 @@ class PerceiverResampler(nn.Module):
         return self.ln_f(latents)  # (B, Q, C)
 
 
+class PatchPool(nn.Module):
+    """Patch tokens (B, N, C) of a square grid -> (B, side*side, C): the grid average-pooled to
+    side x side, row-major. No parameters; each token stays tied to a region of the image."""
+
+    def __init__(self, num_tokens: int) -> None:
+        super().__init__()
+        self.side = round(num_tokens ** 0.5)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        B, N, C = patches.shape
+        grid = round(N ** 0.5)
+        if grid * grid != N:
+            raise ValueError(f"PatchPool needs a square patch grid, got {N} patches")
+        x = patches.transpose(1, 2).reshape(B, C, grid, grid)  # (B, C, g, g)
+        return F.adaptive_avg_pool2d(x, self.side).flatten(2).transpose(1, 2)  # (B, side*side, C)
+
+
+READOUTS = ("resampler", "pool")
+
+
 class ViewEncoder(nn.Module):
     """uint8 images (B, 3, H, W) -> CLS (B, C) and resampled latents (B, num_latents, C)."""
 
@@ -356,8 +383,10 @@ class ViewEncoder(nn.Module):
         self.encoder = PATCH_ENCODERS[config.kind](config)
         if config.freeze:
             self.encoder.requires_grad_(False)
-        self.resampler = PerceiverResampler(config.num_latents, config.width, config.resampler_depth,
-                                            config.resampler_heads)
+        # the patches -> image tokens stage, whichever readout (named for the default, the Perceiver)
+        self.resampler = (PatchPool(config.num_latents) if config.readout == "pool" else
+                          PerceiverResampler(config.num_latents, config.width, config.resampler_depth,
+                                             config.resampler_heads))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cls, patches = self.encoder(self.preprocess(images))  # (B, C), (B, N, C)

@@ -9,6 +9,7 @@ from dream_policy.encoders import (
     CLIPTextEncoder,
     ImagePreprocessor,
     MiniLMTextEncoder,
+    PatchPool,
     PerceiverResampler,
     ProprioEncoder,
     VisionConfig,
@@ -123,10 +124,34 @@ def test_timm_kind_is_lazy_and_clear():
 
 @pytest.mark.parametrize("kwargs,match", [({"kind": "mae"}, "'mae'"), ({"image_size": 90}, "image_size=90"),
                                           ({"kind": "resnet", "patch": 12}, "patch=12"),
-                                          ({"kind": "timm"}, "timm_name"), ({"num_latents": 0}, "num_latents")])
+                                          ({"kind": "timm"}, "timm_name"), ({"num_latents": 0}, "num_latents"),
+                                          ({"readout": "mlp"}, "'mlp'"),
+                                          ({"readout": "pool", "num_latents": 8}, "num_latents=8")])
 def test_vision_config_errors_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VisionConfig(**kwargs)
+
+
+def test_patch_pool_averages_grid_regions_in_row_major_order():
+    grid = torch.arange(64.0).view(1, 64, 1)  # an 8x8 grid, patch (r, c) holds 8r + c
+    pooled = PatchPool(16)(grid)  # 4x4: each token the mean of a 2x2 block
+    expected = torch.tensor([[8 * (2 * r) + 2 * c + 4.5 for c in range(4)] for r in range(4)]).view(1, 16, 1)
+    torch.testing.assert_close(pooled, expected)
+    with pytest.raises(ValueError, match="square patch grid"):
+        PatchPool(4)(torch.zeros(1, 10, 1))
+
+
+def test_pool_readout_has_no_resampler_parameters():
+    kw = {"image_size": 64, "patch": 8, "width": 32, "depth": 1, "heads": 4, "resampler_heads": 4}
+    pooled = VisionEncoder(VisionConfig(readout="pool", num_latents=16, **kw), ("static", "gripper"))
+    perceiver = VisionEncoder(VisionConfig(num_latents=16, **kw), ("static", "gripper"))
+    assert not any("resampler" in name for name, _ in pooled.named_parameters())
+    n_pooled = sum(p.numel() for p in pooled.parameters())
+    assert n_pooled < sum(p.numel() for p in perceiver.parameters())
+    cls, tokens = pooled(images())["gripper"]
+    assert cls.shape == (2, 32) and tokens.shape == (2, 16, 32)
+    tokens.sum().backward()  # gradients reach the patch encoder
+    assert all(p.grad is not None for p in pooled.parameters() if p.requires_grad)
 
 
 def test_perceiver_resampler_compresses_tokens():

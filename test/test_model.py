@@ -159,6 +159,20 @@ def test_semantic_feature_mode(tiny):
     assert info["world_terms"] == 1 and info["semantic"] > 0
 
 
+def test_pooled_patch_readout_trains_and_acts(tiny):
+    """vision.readout=pool: 16 pooled patch tokens per view reach the backbone (layout sized by them)."""
+    config = dataclasses.replace(tiny, vision=dataclasses.replace(tiny.vision, readout="pool", num_latents=16))
+    torch.manual_seed(0)
+    model = DreamVLA(config)
+    image = model.layout.step_slice("image_static")
+    assert image.stop - image.start == 16
+    loss, _ = model(random_batch(config))
+    loss.backward()
+    encoder = model.vision.encoders["shared"].encoder
+    assert sum(p.grad.abs().sum() for p in encoder.parameters()) > 0
+    assert model.eval().predict_chunk(random_batch(config)).shape == (2, config.chunk, 7)
+
+
 @pytest.mark.parametrize("change,match", [
     ({"cfg_dropout": 1.5}, "cfg_dropout.*1.5"), ({"guidance": 0.5}, "guidance.*0.5"),
     ({"depth_weight": -1}, "depth_weight.*-1"), ({"text_encoder": "bert"}, "'bert'"),
