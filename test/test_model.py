@@ -161,7 +161,8 @@ def test_semantic_feature_mode(tiny):
 
 def test_pooled_patch_readout_trains_and_acts(tiny):
     """vision.readout=pool: 16 pooled patch tokens per view reach the backbone (layout sized by them)."""
-    config = dataclasses.replace(tiny, vision=dataclasses.replace(tiny.vision, readout="pool", num_latents=16))
+    config = load_model_config("tiny_pool")
+    assert config == dataclasses.replace(tiny, vision=dataclasses.replace(tiny.vision, readout="pool", num_latents=16))
     torch.manual_seed(0)
     model = DreamVLA(config)
     image = model.layout.step_slice("image_static")
