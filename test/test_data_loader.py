@@ -23,6 +23,7 @@ from dream_policy.data.windows import (
     annotated_samples,
     episode_samples,
     epoch_order,
+    repeat_attempt_starts,
     shard,
 )
 from sim.calvin_dataset import EP_IDS_FILE, LANG_FILE, SCENE_INFO_FILE, frame_file
@@ -119,6 +120,24 @@ def test_annotated_samples_stay_inside_window_and_episode() -> None:
     assert set(straddling[:, EPISODE]) == {0, 1}  # both parts of (30, 62) are used, nothing between
     assert sorted(straddling[straddling[:, EPISODE] == 0, T]) == [31, 32]
     assert ((samples[:, T] == 20).sum()) == 2  # overlapping windows: one sample per annotation
+
+
+def test_attempt_starts_are_repeated_and_nothing_else() -> None:
+    spec = WindowSpec(history=2, chunk=3)
+    samples = annotated_samples(EPISODES, WINDOWS, spec)
+    assert repeat_attempt_starts(samples, WINDOWS, 3, 1) is samples
+    out = repeat_attempt_starts(samples, WINDOWS, 3, 4)
+    assert np.array_equal(out[: len(samples)], samples)  # the originals first, in order
+    extra = out[len(samples):]
+    offsets = samples[:, T] - np.asarray(WINDOWS)[samples[:, ANN], 0]
+    early = samples[offsets < 3]
+    assert len(early) and len(early) < len(samples)
+    assert len(extra) == 3 * len(early)
+    assert all(np.array_equal(extra[k * len(early):(k + 1) * len(early)], early) for k in range(3))
+    with pytest.raises(ValueError, match="repeat >= 1"):
+        repeat_attempt_starts(samples, WINDOWS, 3, 0)
+    with pytest.raises(ValueError, match="language-annotated"):
+        repeat_attempt_starts(episode_samples(EPISODES, spec), WINDOWS, 3, 2)
 
 
 def test_epoch_order_is_a_seeded_permutation() -> None:

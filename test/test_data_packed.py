@@ -23,6 +23,7 @@ from dream_policy.data.packed import (
 )
 from dream_policy.encoders import ImagePreprocessor, VisionConfig
 from dream_policy.world_heads import resize_target
+from sim.calvin_dataset import LANG_FILE
 
 IMAGE, TARGET, FORECAST = 32, 16, 2
 WINDOW = {"history": 3, "chunk": 4, "forecast_n": FORECAST}
@@ -113,6 +114,20 @@ def test_no_forecast_means_no_targets_and_no_language_means_every_window(packed:
     assert len(pack) == 2 * (30 - 2)  # two episodes of 30 frames, windows of 1 before and 1 after
 
 
+def test_attempt_starts_can_be_weighted_up(packed: Path) -> None:
+    plain = PackedWindowDataset(packed, "training", **WINDOW)
+    weighted = PackedWindowDataset(packed, "training", start_repeat=3, start_frames=4, **WINDOW)
+    lang = np.load(packed / "training" / LANG_FILE, allow_pickle=True).item()
+    starts = np.asarray([s for s, _ in lang["info"]["indx"]])
+    early = plain.samples[plain.samples[:, 0] - starts[plain.samples[:, 2]] < 4]
+    assert len(early) and len(weighted) == len(plain) + 2 * len(early)
+    last = weighted[len(weighted) - 1]  # a repeat is the same sample as its original
+    index = int(np.flatnonzero((plain.samples == weighted.samples[-1]).all(axis=1))[0])
+    assert torch.equal(last["actions"], plain[index]["actions"])
+    with pytest.raises(PackedDataError, match="start_repeat=2 needs language"):
+        PackedWindowDataset(packed, "training", language=False, start_repeat=2, **WINDOW)
+
+
 def test_mismatches_and_damage_are_clear_errors(packed: Path, tmp_path: Path) -> None:
     with pytest.raises(PackedDataError, match="forecast_n=2, asked for forecast_n=3"):
         PackedWindowDataset(packed, "training", history=3, chunk=4, forecast_n=3)
@@ -176,3 +191,17 @@ def test_an_empty_validation_split_is_skipped_by_pack_and_train(source: Path, tm
                      "trainer.warmup_steps=0", "trainer.batch_size=2", "forecast_n=2",
                      f"model.vision.image_size={IMAGE}", f"model.world.target_size={TARGET}"]) == 0
         assert (out / "checkpoints" / "latest").exists()
+
+
+def test_start_repeat_reaches_the_packed_training_set_and_needs_packed_data(source: Path, packed: Path,
+                                                                             tmp_path: Path) -> None:
+    from dream_policy.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", f"data={packed}", f"trainer.out_dir={out}", "trainer.total_steps=1", "trainer.warmup_steps=0",
+                 "trainer.batch_size=2", "forecast_n=2", "start_repeat=3", "start_frames=4",
+                 f"model.vision.image_size={IMAGE}", f"model.world.target_size={TARGET}"]) == 0
+    assert (out / "checkpoints" / "latest").exists()
+    with pytest.raises(ValueError, match="start_repeat=3 needs packed data"):
+        main(["train", f"data={source}", f"trainer.out_dir={tmp_path / 'plain'}", "trainer.total_steps=1",
+              "start_repeat=3"])

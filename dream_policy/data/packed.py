@@ -53,7 +53,7 @@ from sim.calvin_dataset import (
 from .features import LANG_FEATURE, POLICY_FEATURES, dynamic_mask, moved_segment_ids, read_frame
 from .loader import ACTION_KEY, CAMERAS, PROPRIO_KEY, SCENE_KEY, TARGET_NAMES, _available, target_names
 from .normalization import STATS_FILE, Normalizer, RunningStats, clip_actions
-from .windows import ANN, EPISODE, NO_ANN, T, WindowSpec, annotated_samples, episode_samples
+from .windows import ANN, EPISODE, NO_ANN, T, WindowSpec, annotated_samples, episode_samples, repeat_attempt_starts
 
 FORMAT = "dream_policy.packed/1"
 META_FILE = "packed.json"
@@ -258,12 +258,14 @@ class PackedWindowDataset(Dataset):
     sample; ``dataset.__getitems__(indices)`` (what a DataLoader with this dataset's ``collate``
     calls) is a whole batch, gathered by tensor indexing on ``device``. ``device`` other than
     the CPU loads every array there once (GPU training); on the CPU the arrays are memory-mapped.
+    ``start_repeat`` > 1 repeats the samples anchored in the first ``start_frames`` frames of their
+    annotated window that many times (``windows.repeat_attempt_starts``).
     """
 
     def __init__(self, root: str | Path, split: str | None = "training", history: int = 1, chunk: int = 1,
                  forecast_n: int = 0, language: bool = True, normalizer: Normalizer | None = None,
                  device: str | torch.device = "cpu", image_size: int | None = None,
-                 target_size: int | None = None) -> None:
+                 target_size: int | None = None, start_repeat: int = 1, start_frames: int = 15) -> None:
         super().__init__()
         self.root = Path(root) / split if split else Path(root)
         self.meta = read_meta(self.root)
@@ -285,7 +287,10 @@ class PackedWindowDataset(Dataset):
                 raise PackedDataError(f"{self.root}: language embeddings are {self.lang_emb.shape[1:]}, "
                                       f"expected {LANG_FEATURE.shape}")
             windows = [(int(s), int(e)) for s, e in lang["info"]["indx"]]
-            self.samples = annotated_samples(episodes, windows, self.spec)
+            self.samples = repeat_attempt_starts(annotated_samples(episodes, windows, self.spec), windows,
+                                                 start_frames, start_repeat)
+        elif start_repeat != 1:
+            raise PackedDataError(f"{self.root}: start_repeat={start_repeat} needs language-annotated samples")
         else:
             self.samples = episode_samples(episodes, self.spec)
         if not len(self.samples):

@@ -92,6 +92,24 @@ def annotated_samples(episodes: Sequence[Range], windows: Sequence[Range], spec:
     return np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
 
 
+def repeat_attempt_starts(samples: np.ndarray, windows: Sequence[Range], frames: int, repeat: int) -> np.ndarray:
+    """``samples`` plus ``repeat - 1`` more copies of each one anchored within the first ``frames`` frames
+    of its annotated window (anchor - window start < frames), appended after the originals.
+
+    The start of an attempt is where the instruction alone says where to go (later frames show the motion
+    already under way): repeating those samples weights them ``repeat`` times in every epoch.
+    """
+    if repeat < 1 or frames < 1:
+        raise ValueError(f"need repeat >= 1 and frames >= 1, got repeat={repeat}, frames={frames}")
+    if repeat == 1 or not len(samples):
+        return samples
+    if np.any(samples[:, ANN] == NO_ANN):
+        raise ValueError("repeating attempt starts needs language-annotated samples")
+    starts = np.asarray([start for start, _ in windows], np.int64)
+    early = samples[samples[:, T] - starts[samples[:, ANN]] < frames]
+    return np.concatenate([samples, *([early] * (repeat - 1))])
+
+
 def _buffered(order: np.ndarray, buffer: int, rng: np.random.Generator) -> np.ndarray:
     """Stream ``order`` through ``buffer`` slots, emitting a random slot each time."""
     out, slots = [], []
