@@ -10,6 +10,7 @@ scored per task family by the mean absolute error to the demonstrated chunk (nor
 gripper included) and by how far each variant's chunk moves from the own-instruction one.
 
     python bench/language_probe.py --ckpt checkpoints/tiny_D --data /dev/shm/ft_D_packed [--windows 1024]
+        [--early 15] [--plot bench/language_probe.png]
 
 A policy that reads the instruction moves its chunk further under ``other`` and ``colour`` than
 under ``resample``, and its error to the demonstration grows; one that acts from the scene alone
@@ -131,6 +132,28 @@ def format_table(scores: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
+def plot(scores: dict[str, dict[str, list[float]]], path: str, title: str) -> None:
+    """Bars per task family (whole attempts): how far each variant moves the chunk from the own-instruction one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = sorted(k.split("/")[0] for k in scores if k.endswith("/all") and k != "all/all") + ["all"]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(VARIANTS)
+    for i, variant in enumerate(VARIANTS):
+        values = [np.mean(scores[f"{f}/all"].get(f"{variant}_shift") or [np.nan]) for f in fams]
+        ax.bar(np.arange(len(fams)) + (i - 1) * width, values, width, label=variant)
+    ax.set_xticks(np.arange(len(fams)), fams)
+    ax.set_ylabel("|chunk - own-instruction chunk|")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", default="checkpoints/tiny_D")
@@ -141,6 +164,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--early", type=int, default=15,
                         help="'start' phase: windows ending within this many frames of their attempt's first frame")
+    parser.add_argument("--plot", default=None, metavar="PNG", help="also draw the shifts per family")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = DreamVLA.from_checkpoint(args.ckpt).eval()
@@ -157,6 +181,9 @@ def main() -> None:
           f"{cfg.ddim_steps} DDIM steps, guidance {cfg.guidance}; mean |chunk - demonstration| (err) and "
           f"|chunk - own-instruction chunk| (shift), normalised actions")
     print(format_table(scores))
+    if args.plot:
+        plot(scores, args.plot, f"language probe: {args.ckpt}")
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

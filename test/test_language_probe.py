@@ -71,3 +71,5 @@ def test_probe_scores_every_variant_of_a_random_model(tmp_path: Path):
     assert 0 < len(lifts["colour"]) == len(lifts["own"]) and "colour" not in scores["articulated/all"]
     assert len(scores["all/start"]["own"]) + len(scores["all/rest"]["own"]) == len(whole["own"])
     assert "all/all" in probe.format_table(scores).splitlines()[-3]
+    probe.plot(scores, str(tmp_path / "shifts.png"), "random tiny")
+    assert (tmp_path / "shifts.png").stat().st_size > 1000
