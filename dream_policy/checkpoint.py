@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ class KeyReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     grown: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)  # missing keys that were allowed: they keep their initialisation
 
     def describe(self) -> str:
         lines = []
@@ -237,16 +238,20 @@ def grow_tensor(saved: torch.Tensor, initial: torch.Tensor) -> torch.Tensor | No
 
 
 def load_weights(path: str | Path, model: nn.Module, strict: bool = True, name: str = WEIGHTS,
-                 grow: bool = False) -> KeyReport:
+                 grow: bool = False, allow_missing: Collection[str] = ()) -> KeyReport:
     """Copy weights from a checkpoint folder (its ``name`` file) or a safetensors file into ``model``.
 
-    ``strict``: any missing or unexpected key is an error. Shape mismatches are an error, except,
-    with ``grow``, a saved tensor that fits inside the model's (``grow_tensor``; listed in
+    ``strict``: any missing or unexpected key is an error, except missing keys in ``allow_missing``
+    (parameters a config change added; listed in ``report.fresh``). Shape mismatches are an error,
+    except, with ``grow``, a saved tensor that fits inside the model's (``grow_tensor``; listed in
     ``report.grown``). The error names every offending key.
     """
     file_state = load_tensors(path, name)
     model_state = model.state_dict()
     report = compare_keys(model_state, file_state)
+    allowed = set(allow_missing)
+    report.fresh = [k for k in report.missing if k in allowed]
+    report.missing = [k for k in report.missing if k not in allowed]
     if grow:
         still = []
         for key, file_shape, model_shape in report.mismatched:

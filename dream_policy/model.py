@@ -63,6 +63,9 @@ class DreamVLAConfig:
     ddim_steps: int = 10
     guidance: float = 1.5
     clip_sample: float | None = 1.0  # DDIM clamps its clean-action estimate to the action range [-1, 1]
+    # FiLM: the instruction scales and shifts every image token's channels (x * (1 + g(l)) + b(l), zero at
+    # the start), a multiplicative path from "which block" in the sentence to where it is in the image
+    lang_film: bool = False
 
     def __post_init__(self) -> None:
         self.views = tuple(self.views)
@@ -169,6 +172,11 @@ class DreamVLA(nn.Module):
         self.vision = VisionEncoder(config.vision, config.views)
         self.image_proj = nn.Linear(config.vision.width, width)
         self.lang_proj = nn.Linear(config.lang_dim, width)
+        self.film = None
+        if config.lang_film:
+            self.film = nn.Linear(config.lang_dim, 2 * width)
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
         self.proprio = ProprioEncoder(width, config.proprio_dim)
         dream_tokens = config.dream_per_view * len(config.views)
         self.dream_queries = nn.Parameter(torch.randn(len(WORLD_KINDS), dream_tokens, width) * 0.02)
@@ -178,6 +186,7 @@ class DreamVLA(nn.Module):
         self.dit = DiT(config.dit)
         self.schedule = DiffusionSchedule(config.train_steps)
         self.grown: list[str] = []  # parameters ``from_checkpoint(grow=True)`` filled only in part
+        self.fresh: list[str] = []  # parameters ``from_checkpoint`` overrides added (not in the checkpoint)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, use_ema: bool = True, grow: bool = False,
@@ -195,9 +204,13 @@ class DreamVLA(nn.Module):
         if "model_config" not in full:
             raise ValueError(f"{path}: config.yaml has no 'model_config'; was it written by dream-policy train?")
         model = cls(DreamVLAConfig.from_dict(merge_config(full["model_config"], overrides)))
+        added: set[str] = set()  # parameters the overrides added (e.g. lang_film): they start from their init
+        if overrides:
+            added = set(model.state_dict()) - set(cls(DreamVLAConfig.from_dict(full["model_config"])).state_dict())
         name = EMA_WEIGHTS if use_ema and (path / EMA_WEIGHTS).is_file() else WEIGHTS
-        report = load_weights(path, model, name=name, grow=grow)
+        report = load_weights(path, model, name=name, grow=grow, allow_missing=added)
         model.grown = [key for key, _, _ in report.grown]
+        model.fresh = list(report.fresh)
         return model
 
     def num_params(self) -> int:
@@ -224,6 +237,11 @@ class DreamVLA(nn.Module):
         groups = dict(batch.get("frame_tokens") or self.encode_frames(batch.get("history", batch)))
         B, T, _, D = groups["state"].shape
         groups["text"] = self.lang_proj(batch["lang_emb"])[:, None, None].expand(B, T, 1, D)
+        if self.film is not None:
+            scale, shift = self.film(batch["lang_emb"])[:, None, None].chunk(2, dim=-1)  # (B, 1, 1, D) each
+            for view in self.config.views:
+                for name in (f"image_{view}", f"cls_{view}"):
+                    groups[name] = groups[name] * (1 + scale) + shift
         for kind, queries in zip(WORLD_KINDS, self.dream_queries):
             groups[kind] = queries.expand(B, T, -1, -1)  # (B, T, Q, D)
         groups["action"] = self.action_queries.expand(B, T, -1, -1)  # (B, T, A, D)

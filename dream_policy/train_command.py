@@ -109,6 +109,8 @@ def train_command(cfg: Mapping[str, Any]) -> None:
             + (f"; changed: {changes}" if changes else ""))
         for key in network.grown:
             say(f"  {key}: saved values kept in the leading part, the rest newly initialised")
+        for key in network.fresh:
+            say(f"  {key}: added by the change, starts from its initialisation")
     else:
         model = cfg["model"]
         if isinstance(model, str):  # a plain mapping (tests, scripts) may still name the config

@@ -174,6 +174,34 @@ def test_pooled_patch_readout_trains_and_acts(tiny):
     assert model.eval().predict_chunk(random_batch(config)).shape == (2, config.chunk, 7)
 
 
+def test_language_film_starts_as_the_identity_and_then_gates_the_image_tokens(tiny):
+    """lang_film: zero-initialised, so a model with it acts exactly as the same weights without it; once
+    trained, the instruction changes the image tokens (and only them) and gradients reach it."""
+    torch.manual_seed(0)
+    plain = DreamVLA(tiny).eval()
+    assert plain.film is None
+    filmed = DreamVLA(dataclasses.replace(tiny, lang_film=True)).eval()
+    assert filmed.load_state_dict(plain.state_dict(), strict=False).missing_keys == ["film.weight", "film.bias"]
+    batch = random_batch(tiny)
+    torch.testing.assert_close(filmed.tokens(batch), plain.tokens(batch), atol=0, rtol=0)
+    g = torch.Generator().manual_seed(3)
+    torch.testing.assert_close(filmed.predict_chunk(batch, generator=g),
+                               plain.predict_chunk(batch, generator=torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        filmed.film.weight.normal_(0, 0.1)
+    other = dict(batch, lang_emb=torch.randn_like(batch["lang_emb"]))
+    frames = filmed.encode_frames(batch)
+    a, b = filmed.tokens({"frame_tokens": frames, **batch}), filmed.tokens({"frame_tokens": frames, **other})
+    layout = filmed.layout
+    for name in ("image_static", "cls_gripper"):
+        assert not torch.allclose(a[:, :, layout.step_slice(name)], b[:, :, layout.step_slice(name)])
+    for name in ("state", "action"):
+        torch.testing.assert_close(a[:, :, layout.step_slice(name)], b[:, :, layout.step_slice(name)])
+    loss, _ = filmed.train()(batch)
+    loss.backward()
+    assert filmed.film.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("change,match", [
     ({"cfg_dropout": 1.5}, "cfg_dropout.*1.5"), ({"guidance": 0.5}, "guidance.*0.5"),
     ({"depth_weight": -1}, "depth_weight.*-1"), ({"text_encoder": "bert"}, "'bert'"),

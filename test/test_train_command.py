@@ -74,6 +74,11 @@ def test_init_fine_tunes_from_a_checkpoint(tmp_path):
     torch.testing.assert_close(end[latents][:4], start[latents], atol=1e-8, rtol=0)
     for name in start.keys() - {latents}:
         torch.testing.assert_close(end[name], start[name], atol=1e-8, rtol=0)
+    # a change that adds parameters (lang_film): they start from their (zero) initialisation, the rest is loaded
+    network, _ = initial_model(base, {"lang_film": True})
+    assert sorted(network.fresh) == ["film.bias", "film.weight"]
+    assert not network.film.weight.any()
+    torch.testing.assert_close(network.lang_proj.weight, start["lang_proj.weight"])
     with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
         initial_model(tmp_path / "missing")
 
