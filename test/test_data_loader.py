@@ -23,6 +23,8 @@ from dream_policy.data.windows import (
     annotated_samples,
     episode_samples,
     epoch_order,
+    first_frames,
+    history_frames,
     repeat_attempt_starts,
     shard,
 )
@@ -120,6 +122,25 @@ def test_annotated_samples_stay_inside_window_and_episode() -> None:
     assert set(straddling[:, EPISODE]) == {0, 1}  # both parts of (30, 62) are used, nothing between
     assert sorted(straddling[straddling[:, EPISODE] == 0, T]) == [31, 32]
     assert ((samples[:, T] == 20).sum()) == 2  # overlapping windows: one sample per annotation
+
+
+def test_padded_history_anchors_at_the_window_start_like_the_runtime() -> None:
+    spec = WindowSpec(history=3, chunk=2)
+    plain = annotated_samples(EPISODES, WINDOWS, spec)
+    padded = annotated_samples(EPISODES, WINDOWS, spec, pad_history=True)
+    first = first_frames(padded, EPISODES, WINDOWS)
+    assert set(map(tuple, plain)) <= set(map(tuple, padded))
+    extra = np.array([row for row in padded if tuple(row) not in set(map(tuple, plain))])
+    assert len(extra) and (extra[:, T] - first_frames(extra, EPISODES, WINDOWS) < spec.before).all()
+    assert (padded[:, T] >= first).all()
+    hist = history_frames(padded[:, T], first, spec)
+    assert (hist >= first[:, None]).all() and (hist[:, -1] == padded[:, T]).all()
+    at_start = padded[:, T] == first  # the runtime's first step: the whole history is the first frame
+    assert at_start.any() and (hist[at_start] == first[at_start, None]).all()
+    one_in = padded[:, T] == first + 1
+    assert (hist[one_in] == np.stack([first[one_in], first[one_in], first[one_in] + 1], axis=1)).all()
+    full = padded[:, T] - first >= spec.before  # later anchors: the plain history
+    assert (hist[full] == padded[full, T][:, None] + np.arange(-2, 1)).all()
 
 
 def test_attempt_starts_are_repeated_and_nothing_else() -> None:

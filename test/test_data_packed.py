@@ -124,8 +124,27 @@ def test_attempt_starts_can_be_weighted_up(packed: Path) -> None:
     last = weighted[len(weighted) - 1]  # a repeat is the same sample as its original
     index = int(np.flatnonzero((plain.samples == weighted.samples[-1]).all(axis=1))[0])
     assert torch.equal(last["actions"], plain[index]["actions"])
-    with pytest.raises(PackedDataError, match="start_repeat=2 needs language"):
+    with pytest.raises(PackedDataError, match="start_repeat=2, pad_history=False need language"):
         PackedWindowDataset(packed, "training", language=False, start_repeat=2, **WINDOW)
+
+
+def test_padded_history_repeats_the_window_start_frame(packed: Path) -> None:
+    plain = PackedWindowDataset(packed, "training", **WINDOW)
+    padded = PackedWindowDataset(packed, "training", pad_history=True, **WINDOW)
+    assert len(padded) > len(plain)
+    lang = np.load(packed / "training" / LANG_FILE, allow_pickle=True).item()
+    starts = np.asarray([s for s, _ in lang["info"]["indx"]])
+    at_start = np.flatnonzero(padded.samples[:, 0] == starts[padded.samples[:, 2]])
+    assert len(at_start)
+    batch = padded.__getitems__(at_start[:3].tolist())
+    for key in ("rgb_static", "robot_obs"):
+        history = batch["history"][key]  # (B, H, ...): every frame the anchor's own
+        assert all(torch.equal(history[:, k], history[:, -1]) for k in range(history.shape[1]))
+    later = int(np.flatnonzero(padded.samples[:, 0] - starts[padded.samples[:, 2]] >= WINDOW["history"])[0])
+    same = int(np.flatnonzero((plain.samples == padded.samples[later]).all(axis=1))[0])
+    torch.testing.assert_close(padded[later]["history"]["robot_obs"], plain[same]["history"]["robot_obs"])
+    with pytest.raises(PackedDataError, match="pad_history=True need"):
+        PackedWindowDataset(packed, "training", language=False, pad_history=True, **WINDOW)
 
 
 def test_mismatches_and_damage_are_clear_errors(packed: Path, tmp_path: Path) -> None:
@@ -199,9 +218,9 @@ def test_start_repeat_reaches_the_packed_training_set_and_needs_packed_data(sour
 
     out = tmp_path / "run"
     assert main(["train", f"data={packed}", f"trainer.out_dir={out}", "trainer.total_steps=1", "trainer.warmup_steps=0",
-                 "trainer.batch_size=2", "forecast_n=2", "start_repeat=3", "start_frames=4",
+                 "trainer.batch_size=2", "forecast_n=2", "start_repeat=3", "start_frames=4", "pad_history=true",
                  f"model.vision.image_size={IMAGE}", f"model.world.target_size={TARGET}"]) == 0
     assert (out / "checkpoints" / "latest").exists()
-    with pytest.raises(ValueError, match="start_repeat=3 needs packed data"):
+    with pytest.raises(ValueError, match="start_repeat=3, pad_history=False need packed data"):
         main(["train", f"data={source}", f"trainer.out_dir={tmp_path / 'plain'}", "trainer.total_steps=1",
               "start_repeat=3"])

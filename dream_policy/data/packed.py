@@ -53,7 +53,17 @@ from sim.calvin_dataset import (
 from .features import LANG_FEATURE, POLICY_FEATURES, dynamic_mask, moved_segment_ids, read_frame
 from .loader import ACTION_KEY, CAMERAS, PROPRIO_KEY, SCENE_KEY, TARGET_NAMES, _available, target_names
 from .normalization import STATS_FILE, Normalizer, RunningStats, clip_actions
-from .windows import ANN, EPISODE, NO_ANN, T, WindowSpec, annotated_samples, episode_samples, repeat_attempt_starts
+from .windows import (
+    ANN,
+    EPISODE,
+    NO_ANN,
+    T,
+    WindowSpec,
+    annotated_samples,
+    episode_samples,
+    first_frames,
+    repeat_attempt_starts,
+)
 
 FORMAT = "dream_policy.packed/1"
 META_FILE = "packed.json"
@@ -258,6 +268,8 @@ class PackedWindowDataset(Dataset):
     sample; ``dataset.__getitems__(indices)`` (what a DataLoader with this dataset's ``collate``
     calls) is a whole batch, gathered by tensor indexing on ``device``. ``device`` other than
     the CPU loads every array there once (GPU training); on the CPU the arrays are memory-mapped.
+    ``pad_history`` adds the samples anchored in the first ``history - 1`` frames of each annotated
+    window, their history padded with its first frame (``windows.annotated_samples``).
     ``start_repeat`` > 1 repeats the samples anchored in the first ``start_frames`` frames of their
     annotated window that many times (``windows.repeat_attempt_starts``).
     """
@@ -265,7 +277,8 @@ class PackedWindowDataset(Dataset):
     def __init__(self, root: str | Path, split: str | None = "training", history: int = 1, chunk: int = 1,
                  forecast_n: int = 0, language: bool = True, normalizer: Normalizer | None = None,
                  device: str | torch.device = "cpu", image_size: int | None = None,
-                 target_size: int | None = None, start_repeat: int = 1, start_frames: int = 15) -> None:
+                 target_size: int | None = None, start_repeat: int = 1, start_frames: int = 15,
+                 pad_history: bool = False) -> None:
         super().__init__()
         self.root = Path(root) / split if split else Path(root)
         self.meta = read_meta(self.root)
@@ -287,10 +300,11 @@ class PackedWindowDataset(Dataset):
                 raise PackedDataError(f"{self.root}: language embeddings are {self.lang_emb.shape[1:]}, "
                                       f"expected {LANG_FEATURE.shape}")
             windows = [(int(s), int(e)) for s, e in lang["info"]["indx"]]
-            self.samples = repeat_attempt_starts(annotated_samples(episodes, windows, self.spec), windows,
-                                                 start_frames, start_repeat)
-        elif start_repeat != 1:
-            raise PackedDataError(f"{self.root}: start_repeat={start_repeat} needs language-annotated samples")
+            self.samples = repeat_attempt_starts(annotated_samples(episodes, windows, self.spec, pad_history),
+                                                 windows, start_frames, start_repeat)
+        elif start_repeat != 1 or pad_history:
+            raise PackedDataError(f"{self.root}: start_repeat={start_repeat}, pad_history={pad_history} need "
+                                  f"language-annotated samples")
         else:
             self.samples = episode_samples(episodes, self.spec)
         if not len(self.samples):
@@ -309,6 +323,9 @@ class PackedWindowDataset(Dataset):
             json.loads((self.root / STATS_FILE).read_text(encoding="utf-8")))
         self.observation_keys = [*IMAGE_KEYS, PROPRIO_KEY]
         self._rows = torch.from_numpy(rows).to(self.device)
+        self._first_rows = None  # pad_history: each sample's earliest history row
+        if pad_history:
+            self._first_rows = torch.from_numpy(row_of[first_frames(self.samples, episodes, windows)]).to(self.device)
         self._meta_cols = torch.from_numpy(self.samples).to(self.device)
         self._lang = None if self.lang_emb is None else torch.from_numpy(self.lang_emb).to(self.device)
         self._arrays: dict[str, torch.Tensor] | None = None
@@ -365,6 +382,8 @@ class PackedWindowDataset(Dataset):
         cols = self._meta_cols[idx]  # (B, 3)
         spec = self.spec
         hist = rows[:, None] + torch.arange(-spec.before, 1, device=self.device)  # (B, H)
+        if self._first_rows is not None:  # frames before the annotated window: its first frame
+            hist = torch.maximum(hist, self._first_rows[idx][:, None])
         history = {k: self._take(arrays[k], hist).permute(0, 1, 4, 2, 3).contiguous() for k in IMAGE_KEYS}
         history[PROPRIO_KEY] = self.normalizer.normalize_obs(self._take(arrays[PROPRIO_KEY], hist))
         acts = rows[:, None] + torch.arange(spec.chunk, device=self.device)  # (B, chunk)

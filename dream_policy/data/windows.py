@@ -52,9 +52,10 @@ class WindowSpec:
         return t + self.forecast_n if self.forecast_n else None
 
 
-def anchors(start: int, end: int, spec: WindowSpec) -> np.ndarray:
-    """Anchors ``t`` whose whole window fits in the inclusive range [start, end] (maybe none)."""
-    return np.arange(start + spec.before, end - spec.after + 1, dtype=np.int64)
+def anchors(start: int, end: int, spec: WindowSpec, pad_history: bool = False) -> np.ndarray:
+    """Anchors ``t`` whose whole window fits in the inclusive range [start, end] (maybe none);
+    ``pad_history``: also the first ``history - 1`` frames (their history padded with ``start``)."""
+    return np.arange(start if pad_history else start + spec.before, end - spec.after + 1, dtype=np.int64)
 
 
 def _rows(ts: np.ndarray, episode: int, ann: int) -> np.ndarray:
@@ -74,12 +75,15 @@ def episode_samples(episodes: Sequence[Range], spec: WindowSpec) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
 
 
-def annotated_samples(episodes: Sequence[Range], windows: Sequence[Range], spec: WindowSpec) -> np.ndarray:
+def annotated_samples(episodes: Sequence[Range], windows: Sequence[Range], spec: WindowSpec,
+                      pad_history: bool = False) -> np.ndarray:
     """(N, 3) samples whose whole window lies in one annotated window (info.indx) and one episode.
 
     A frame may anchor several samples when annotated windows overlap (one per annotation).
     Annotated windows that straddle an episode boundary contribute only their parts inside
-    an episode.
+    an episode. ``pad_history``: samples are anchored from the window's first frame on, their
+    history frames before it replaced by it (``history_frames``), as the runtime pads the history
+    of a new instruction: the decision where to go, seen as the policy sees it.
     """
     _check_ranges(episodes, "episode")
     _check_ranges(windows, "annotation window")
@@ -88,8 +92,21 @@ def annotated_samples(episodes: Sequence[Range], windows: Sequence[Range], spec:
     for ann, (w_start, w_end) in enumerate(windows):
         starts, ends = np.maximum(eps[:, 0], w_start), np.minimum(eps[:, 1], w_end)
         for ep in np.flatnonzero(starts <= ends):
-            rows.append(_rows(anchors(int(starts[ep]), int(ends[ep]), spec), int(ep), ann))
+            rows.append(_rows(anchors(int(starts[ep]), int(ends[ep]), spec, pad_history), int(ep), ann))
     return np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
+
+
+def first_frames(samples: np.ndarray, episodes: Sequence[Range], windows: Sequence[Range]) -> np.ndarray:
+    """(N,) the earliest frame each annotated sample's history may use: where its annotated window
+    starts inside its episode."""
+    eps = np.asarray(episodes, np.int64).reshape(-1, 2)
+    wins = np.asarray(windows, np.int64).reshape(-1, 2)
+    return np.maximum(eps[samples[:, EPISODE], 0], wins[samples[:, ANN], 0])
+
+
+def history_frames(t: np.ndarray, first: np.ndarray, spec: WindowSpec) -> np.ndarray:
+    """(N, history) frame ids of the histories of anchors ``t``, frames before ``first`` replaced by it."""
+    return np.maximum(t[:, None] + np.arange(-spec.before, 1), first[:, None])
 
 
 def repeat_attempt_starts(samples: np.ndarray, windows: Sequence[Range], frames: int, repeat: int) -> np.ndarray:
