@@ -10,7 +10,7 @@ scored per task family by the mean absolute error to the demonstrated chunk (nor
 gripper included) and by how far each variant's chunk moves from the own-instruction one.
 
     python bench/language_probe.py --ckpt checkpoints/tiny_D --data /dev/shm/ft_D_packed [--windows 1024]
-        [--early 15] [--plot bench/language_probe.png]
+        [--early 15] [--pad-history] [--only-start] [--plot bench/language_probe.png]
 
 A policy that reads the instruction moves its chunk further under ``other`` and ``colour`` than
 under ``resample``, and its error to the demonstration grows; one that acts from the scene alone
@@ -81,13 +81,16 @@ def phase(offset: int, early: int) -> str:
 
 
 def probe(model: DreamVLA, data: PackedWindowDataset, sentences: list[str], tasks: list[str],
-          starts: np.ndarray, windows: int, batch_size: int, seed: int, early: int
+          starts: np.ndarray, windows: int, batch_size: int, seed: int, early: int, only_start: bool = False
           ) -> dict[str, dict[str, list[float]]]:
     """Per family and per phase ('all', 'start', 'rest'; keys 'family/phase'): {'own', variant (error),
     f'{variant}_shift' (distance to the own-instruction chunk)} lists of per-window values.
-    ``starts``: each annotation's first frame id."""
+    ``starts``: each annotation's first frame id; ``only_start``: draw only windows of the 'start' phase."""
     rng = np.random.default_rng(seed)
-    picks = rng.choice(len(data), size=min(windows, len(data)), replace=False)
+    pool = np.arange(len(data))
+    if only_start:
+        pool = pool[data.samples[:, 0] - starts[data.samples[:, 2]] < early]
+    picks = rng.choice(pool, size=min(windows, len(pool)), replace=False)
     swapped = [swap_colour(s) for s in sentences]
     swap_emb = embed_sentences([s or sentences[i] for i, s in enumerate(swapped)])
     other = other_task_rows(tasks, rng)
@@ -164,6 +167,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--early", type=int, default=15,
                         help="'start' phase: windows ending within this many frames of their attempt's first frame")
+    parser.add_argument("--pad-history", action="store_true",
+                        help="include windows anchored at their attempt's first frames, history padded as the runtime "
+                             "pads a new instruction's (with --early 1: the first decision of each attempt)")
+    parser.add_argument("--only-start", action="store_true", help="draw only 'start' windows (see --early)")
     parser.add_argument("--plot", default=None, metavar="PNG", help="also draw the shifts per family")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -171,12 +178,12 @@ def main() -> None:
     norm = Normalizer.from_dict(load_normalization(args.ckpt))
     cfg = model.config
     data = PackedWindowDataset(args.data, args.split, history=cfg.backbone.history, chunk=cfg.chunk,
-                               normalizer=norm, image_size=cfg.vision.image_size)
+                               normalizer=norm, image_size=cfg.vision.image_size, pad_history=args.pad_history)
     ann = load_pickled(data.root / LANG_FILE)
     lang = ann["language"]
     starts = np.asarray([int(s) for s, _ in ann["info"]["indx"]])
     scores = probe(model, data, [str(s) for s in lang["ann"]], [str(t) for t in lang["task"]], starts,
-                   args.windows, args.batch, args.seed, args.early)
+                   args.windows, args.batch, args.seed, args.early, args.only_start)
     print(f"# language probe: {args.ckpt}, {len(scores['all/all']['own'])} windows of {data.root}, "
           f"{cfg.ddim_steps} DDIM steps, guidance {cfg.guidance}; mean |chunk - demonstration| (err) and "
           f"|chunk - own-instruction chunk| (shift), normalised actions")

@@ -71,5 +71,8 @@ def test_probe_scores_every_variant_of_a_random_model(tmp_path: Path):
     assert 0 < len(lifts["colour"]) == len(lifts["own"]) and "colour" not in scores["articulated/all"]
     assert len(scores["all/start"]["own"]) + len(scores["all/rest"]["own"]) == len(whole["own"])
     assert "all/all" in probe.format_table(scores).splitlines()[-3]
+    first = probe.probe(model, data, list(sentences), list(tasks), starts, windows=6, batch_size=6, seed=0, early=4,
+                        only_start=True)
+    assert len(first["all/start"]["own"]) == len(first["all/all"]["own"]) > 0 and "all/rest" not in first
     probe.plot(scores, str(tmp_path / "shifts.png"), "random tiny")
     assert (tmp_path / "shifts.png").stat().st_size > 1000
