@@ -15,7 +15,7 @@
 # the expert's rotations and lightbulb tasks take ~100 steps, so 160 labels whole attempts),
 # LABEL (collect's label mode: calvin, the default, or attempt: only each attempt's own frames),
 # COMPILE (trainer.compile mode, e.g. reduce-overhead; default off), MODEL (configs/model/<MODEL>.yaml,
-# default tiny).
+# default tiny), EXTRA (more train overrides, e.g. "pad_history=true start_repeat=3").
 set -euo pipefail
 RUN=${1:?usage: train_shipped.sh RUN_DIR [EPISODES] [MINUTES]}
 EPISODES=${2:-96}
@@ -68,5 +68,5 @@ WARMUP=$(( STEPS < 5000 ? STEPS / 10 : 500 ))
 $PY -m dream_policy train data="$PACKED" model="$MODEL" trainer.out_dir="$RUN" trainer.precision="$PRECISION" \
   trainer.batch_size="$BATCH" trainer.lr="$LR" trainer.num_workers=$(( WORKERS > 3 ? 2 : 0 )) \
   trainer.total_steps="$STEPS" trainer.warmup_steps="$WARMUP" trainer.time_limit_min="$MINUTES" \
-  trainer.eval_every=2000 trainer.save_every=2000 trainer.log_every=100 trainer.compile="${COMPILE:-null}"
+  trainer.eval_every=2000 trainer.save_every=2000 trainer.log_every=100 trainer.compile="${COMPILE:-null}" ${EXTRA:-}
 echo "whole script took $(( $(date +%s) - T0 )) s"
