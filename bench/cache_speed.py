@@ -2,7 +2,9 @@
 DiT-head latency (p50/p95), FLOPs per head call, share of sub-block evaluations, action error against
 the uncached head from the same noise, whole ``step()`` latency, and (``--chains N``) closed-loop
 CALVIN chains for none / uniform / bac at the shipped budget. The last line is
-``head_speedup=<bac vs none>`` at the shipped budget.
+``head_speedup=<bac vs none>`` at the shipped budget. Schedules reuse sub-block outputs re-gated by the
+current step's adaLN gate (``--reuse regate``, the default) or the cached increments as they were
+(``--reuse increment``); the ``|da| inc`` column gives the action error of the other kind, for comparison.
 
 Usage: MUJOCO_GL=egl python bench/cache_speed.py [--ckpt checkpoints/tiny_D] [--data DIR]
        [--budgets 2 3 4 5] [--budget 3] [--bubbling-blocks 3] [--chains 100] [--workers 2]
@@ -12,6 +14,7 @@ Without --data it records 2 short expert episodes to calibrate on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -135,6 +138,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--closed-loop-modes", nargs="+", default=["none", "uniform", "bac"],
                         choices=["none", "uniform", "adaptive", "bac"])
+    parser.add_argument("--reuse", choices=["regate", "increment"], default="regate")
     parser.add_argument("--out", type=Path, default=Path("runs/cache_bench"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -142,7 +146,8 @@ def main() -> None:
     model, cfg = policy.model, policy.model.config
     print(f"# BAC bench, {datetime.date.today()}, {platform.processor() or platform.machine()}, torch "
           f"{torch.__version__}, 1 thread, {args.ckpt}, DiT depth {cfg.dit.depth} x 3 sub-blocks, "
-          f"{cfg.ddim_steps} DDIM steps, guidance {cfg.guidance}")
+          f"{cfg.ddim_steps} DDIM steps, guidance {cfg.guidance}, reuse {args.reuse}")
+    other = "increment" if args.reuse == "regate" else "regate"
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or collect_small(Path(tmp) / "data")
         batches = calibration_batches(data, "validation", policy, args.samples, 16)
@@ -151,24 +156,25 @@ def main() -> None:
     base = latency_ms(lambda: model.sample_actions(cond), args.repeats)
     base_flops = head_flops(model, cond, None)
     print(f"{'mode':9s} {'budget':>6s} {'evals':>6s} {'head p50':>9s} {'p95':>7s} {'speedup':>7s} "
-          f"{'MFLOP':>7s} {'FLOPx':>6s} {'|da|':>7s}")
+          f"{'MFLOP':>7s} {'FLOPx':>6s} {'|da|':>7s} {'|da| ' + other[:3]:>8s}")
     print(f"{'none':9s} {'-':>6s} {1:6.0%} {np.percentile(base, 50):8.2f}ms {np.percentile(base, 95):6.2f}ms "
-          f"{1:7.2f} {base_flops / 1e6:7.2f} {1:6.2f} {0:7.4f}")
+          f"{1:7.2f} {base_flops / 1e6:7.2f} {1:6.2f} {0:7.4f} {0:8.4f}")
     print(f"(for scale: two uncached samples from different noise differ by |da| = {noise_spread(model, batches):.4f})")
     schedules: dict[tuple[str, int], CacheSchedule] = {}
     speedups = {}
     for budget in args.budgets:
         for mode in MODES:
             schedule = build_schedule(mode, stats, cfg.ddim_steps, budget, args.bubbling_blocks, cfg.dit.depth,
-                                      cfg.dit.width)
+                                      cfg.dit.width, args.reuse)
             schedules[(mode, budget)] = schedule
             ms = latency_ms(lambda s=schedule: model.sample_actions(cond, None, CachedBlocks(s)), args.repeats)
             flops = head_flops(model, cond, schedule)
             err = action_error(model, batches, schedule, seed=1)
+            err_other = action_error(model, batches, dataclasses.replace(schedule, reuse=other), seed=1)
             speedups[(mode, budget)] = np.percentile(base, 50) / np.percentile(ms, 50)
             print(f"{mode:9s} {budget:6d} {schedule.fraction():6.0%} {np.percentile(ms, 50):8.2f}ms "
                   f"{np.percentile(ms, 95):6.2f}ms {speedups[(mode, budget)]:7.2f} {flops / 1e6:7.2f} "
-                  f"{base_flops / flops:6.2f} {err:7.4f}")
+                  f"{base_flops / flops:6.2f} {err:7.4f} {err_other:8.4f}")
     print(f"\nwhole step() (chunk sampled every step), budget {args.budget}:")
     for mode in ("none", "uniform", "bac"):
         ms = step_latency_ms(policy, None if mode == "none" else schedules[(mode, args.budget)], args.steps)

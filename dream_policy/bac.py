@@ -2,8 +2,10 @@
 
 A *schedule* says, for every residual sub-block ``(block_index, kind)`` of the DiT, at which of the
 ``K`` denoising steps its increment is recomputed ("update steps"); at every other step the runtime
-reuses the increment cached at the last update (``dream_policy/dit_cache.py``). Step 0 is always an
-update.
+reuses the output cached at the last update (``dream_policy/dit_cache.py``). Step 0 is always an
+update. What is reused (``CacheSchedule.reuse``): ``regate`` (the default) caches the sub-block's output
+before its adaLN-Zero gate and multiplies it by the current step's gate, which depends on the timestep
+alone; ``increment`` reuses the gated increment as it was (schedules written before ``reuse`` existed).
 
 - ``uniform_steps(K, M)``: every ``K/M``-th step (the baseline of equal budget).
 - ``adaptive_steps(S, M)``: the Adaptive Caching Scheduler. ``S[i, k]`` is the cosine similarity of the
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 MODES = ("none", "uniform", "adaptive", "bac")
+REUSE = ("regate", "increment")
 SCHEDULE_FILE = "cache_schedule.json"
 FORMAT = 1
 
@@ -132,10 +135,13 @@ class CacheSchedule:
     steps: dict[BlockKey, list[int]]
     budget: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    reuse: str = "regate"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"cache mode {self.mode!r} is not one of {list(MODES)}")
+        if self.reuse not in REUSE:
+            raise ValueError(f"cache reuse {self.reuse!r} is not one of {list(REUSE)}")
         for key, updates in self.steps.items():
             if not updates or updates[0] != 0 or sorted(set(updates)) != list(updates) or updates[-1] >= self.num_steps:
                 raise ValueError(f"update steps of block {key} must be sorted, unique, start at 0 and stay below "
@@ -164,7 +170,7 @@ class CacheSchedule:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "mode": self.mode, "num_steps": self.num_steps, "depth": self.depth,
-                "width": self.width, "budget": self.budget, "info": self.info,
+                "width": self.width, "budget": self.budget, "reuse": self.reuse, "info": self.info,
                 "steps": {f"{i}.{kind}": v for (i, kind), v in sorted(self.steps.items(), key=lambda kv: block_order(kv[0]))}}
 
     @classmethod
@@ -176,7 +182,7 @@ class CacheSchedule:
             index, _, kind = name.partition(".")
             steps[(int(index), kind)] = [int(s) for s in updates]
         return cls(d["mode"], int(d["num_steps"]), int(d["depth"]), int(d["width"]), steps, d.get("budget"),
-                   dict(d.get("info", {})))
+                   dict(d.get("info", {})), str(d.get("reuse", "increment")))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

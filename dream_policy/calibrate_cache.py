@@ -48,7 +48,7 @@ def block_statistics(trajectories: Mapping[BlockKey, torch.Tensor]) -> dict[Bloc
 
 
 def build_schedule(mode: str, stats: Mapping[BlockKey, Mapping[str, Any]], num_steps: int, budget: int,
-                   bubbling_blocks: int, depth: int, width: int) -> CacheSchedule:
+                   bubbling_blocks: int, depth: int, width: int, reuse: str = "regate") -> CacheSchedule:
     """The schedule of ``mode`` (``none``: every step) from per-block statistics."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {list(MODES)}")
@@ -64,7 +64,7 @@ def build_schedule(mode: str, stats: Mapping[BlockKey, Mapping[str, Any]], num_s
     info = {"variation": {f"{i}.{kind}": round(float(stats[(i, kind)]["variation"]), 6) for i, kind in keys}}
     if mode == "bac":
         info["bubbling_blocks"] = bubbling_blocks
-    return CacheSchedule(mode, num_steps, depth, width, steps, None if mode == "none" else budget, info)
+    return CacheSchedule(mode, num_steps, depth, width, steps, None if mode == "none" else budget, info, reuse)
 
 
 @torch.no_grad()
@@ -124,7 +124,7 @@ def calibrate_command(cfg: Mapping[str, Any]) -> None:
     batches = calibration_batches(cfg["data"], str(cfg["split"]), policy, int(cfg["samples"]), int(cfg["batch_size"]))
     stats = block_statistics(record(model, batches, int(cfg["seed"])))
     schedule = build_schedule(str(cfg["mode"]), stats, num_steps, budget, int(cfg["bubbling_blocks"]),
-                              dit_cfg.depth, dit_cfg.width)
+                              dit_cfg.depth, dit_cfg.width, str(cfg.get("reuse") or "regate"))
     schedule.info["action_error"] = action_error(model, batches, schedule, int(cfg["seed"]) + 1)
     schedule.info["calibration"] = {"data": str(cfg["data"]), "split": str(cfg["split"]),
                                     "samples": sum(len(b["lang_emb"]) for b in batches)}

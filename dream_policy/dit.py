@@ -3,7 +3,9 @@
 Each block has three residual sub-blocks (self-attention, cross-attention to the condition
 tokens, feed-forward), each modulated adaLN-Zero style by the timestep embedding. A sub-block's
 residual increment is computed by one method, ``SubBlock.increment``, so Block-wise Adaptive
-Caching can reuse increments through ``forward(..., block_hook=...)``.
+Caching can reuse increments through ``forward(..., block_hook=...)``; a hook with ``regate = True``
+caches the sub-block's output before its adaLN gate instead, and the DiT multiplies whatever the hook
+returns by the gate of the current timestep.
 
 ``forward`` is the training (and one-call) path. DDIM sampling goes through ``DiT.prepare_sampling``
 instead: a ``DiTSampler`` computes what does not depend on the noisy actions once per sampling call
@@ -26,7 +28,9 @@ from torch import nn
 SUB_BLOCK_KINDS = ("attn", "cross", "ff")
 
 # block_hook(block_index, kind, compute) -> increment (B, chunk, width); compute() gives the fresh one.
-# A hook may also have ``update_steps(block_index, kind) -> Collection[int] | None``: the sampling steps at
+# A hook with a true ``regate`` attribute gets and returns the ungated output instead (what
+# ``SubBlock.residual`` gives), and the DiT adds gate(t) * that: a reused output then follows the
+# timestep's gate. A hook may also have ``update_steps(block_index, kind) -> Collection[int] | None``: the sampling steps at
 # which it will call compute() (None: every step), so that ``DiTSampler`` prepares only those steps' inputs.
 BlockHook = Callable[[int, str, Callable[[], torch.Tensor]], torch.Tensor]
 Modulation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # shift, 1 + scale, gate: (1, C) each
@@ -133,6 +137,16 @@ class SubBlock(nn.Module):
         shift, scale, gate = self.modulation(F.silu(c)).unsqueeze(1).chunk(3, dim=-1)  # (B, 1, C) each
         return self.norm(x) * (1 + scale) + shift, gate
 
+    def gate(self, c: torch.Tensor) -> torch.Tensor:
+        """The adaLN gate (B, 1, C) for timestep embedding c (B, C), exactly as ``modulate`` gives it."""
+        return self.modulation(F.silu(c)).unsqueeze(1).chunk(3, dim=-1)[2]
+
+    def gates(self, c_act: torch.Tensor) -> torch.Tensor:
+        """The gates (K, 1, C) for the rows of SiLU(timestep embedding) c_act (K, C), from the gate third of
+        the modulation alone (equal to ``modulations``' up to rounding)."""
+        C = c_act.shape[-1]
+        return F.linear(c_act, self.modulation.weight[2 * C:], self.modulation.bias[2 * C:]).unsqueeze(1)
+
     def modulations(self, c_act: torch.Tensor) -> list[Modulation]:
         """Per row of SiLU(timestep embedding) c_act (K, C): (shift, 1 + scale, gate), (1, C) each."""
         shift, scale, gate = self.modulation(c_act).unsqueeze(1).chunk(3, dim=-1)  # (K, 1, C) each
@@ -151,10 +165,19 @@ class SubBlock(nn.Module):
         h, gate = self.modulate(x, c)
         return gate * self.residual(h, self.context(memory))
 
+    def ungated(self, x: torch.Tensor, c: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """``increment`` before the gate: (B, T, C)."""
+        h, _ = self.modulate(x, c)
+        return self.residual(h, self.context(memory))
+
+    def prepared_ungated(self, x: torch.Tensor, modulation: Modulation, context: Any) -> torch.Tensor:
+        """``ungated`` from a precomputed ``modulations`` entry and ``context``."""
+        shift, scale1, _ = modulation
+        return self.residual(self.norm(x) * scale1 + shift, context)
+
     def prepared_increment(self, x: torch.Tensor, modulation: Modulation, context: Any) -> torch.Tensor:
         """``increment`` from a precomputed ``modulations`` entry and ``context``."""
-        shift, scale1, gate = modulation
-        return gate * self.residual(self.norm(x) * scale1 + shift, context)
+        return modulation[2] * self.prepared_ungated(x, modulation, context)
 
 
 class SelfAttentionBlock(SubBlock):
@@ -281,10 +304,13 @@ class DiT(nn.Module):
         c = self.time_embed(t)  # (B, C)
         memory = self.cond_in(cond) + self.cond_pos  # (B, N, C)
         h = self.action_in(x) + self.action_pos  # (B, chunk, C)
+        regate = getattr(block_hook, "regate", False)
         for i, block in enumerate(self.blocks):
             for kind, sub in block.sub_blocks():
                 if block_hook is None:
                     h = h + sub.increment(h, c, memory)
+                elif regate:
+                    h = h + sub.gate(c) * block_hook(i, kind, partial(sub.ungated, h, c, memory))
                 else:
                     h = h + block_hook(i, kind, partial(sub.increment, h, c, memory))
         return self.final(h, c)  # (B, chunk, action_dim)
@@ -352,6 +378,10 @@ class DiTSampler:
         self.c_act = F.silu(dit.time_embed(t))  # (K, C)
         self._c_rows: dict[tuple[int, ...], torch.Tensor] = {}  # c_act at some steps, shared by sub-blocks
         self.sub_modulations = [self._modulations(i, kind, sub) for i, kind, sub, _ in self.sub_blocks]
+        self.regate = bool(getattr(block_hook, "regate", False))
+        # regate: the gates at the steps whose modulation is not prepared (where the hook may reuse)
+        self.sub_gates = [self._reuse_gates(sub, mods) if self.regate else {}
+                          for (_, _, sub, _), mods in zip(self.sub_blocks, self.sub_modulations)]
         self.final = dit.final.modulations(self.c_act)
 
     def _condition_rows(self, cond: torch.Tensor | None, batch_size: int) -> torch.Tensor:
@@ -376,13 +406,35 @@ class DiTSampler:
             self._c_rows[steps] = self.c_act.index_select(0, index)  # (len(steps), C)
         return dict(zip(steps, sub.modulations(self._c_rows[steps])))
 
+    def _reuse_gates(self, sub: SubBlock, prepared: dict[int, Modulation]) -> dict[int, torch.Tensor]:
+        """{step: gate (1, C)} of ``sub`` at the steps not in ``prepared``."""
+        steps = [k for k in range(self.num_steps) if k not in prepared]
+        if not steps:
+            return {}
+        rows = self.c_act.index_select(0, torch.tensor(steps, device=self.c_act.device))
+        return dict(zip(steps, sub.gates(rows).unbind(0)))
+
+    def _modulation(self, j: int, step: int) -> Modulation:
+        modulation = self.sub_modulations[j].get(step)
+        if modulation is None:  # a step the hook did not announce
+            sub = self.sub_blocks[j][2]
+            modulation = self.sub_modulations[j][step] = sub.modulations(self.c_act[step:step + 1])[0]
+        return modulation
+
     def _increment(self, j: int, step: int, h: torch.Tensor) -> torch.Tensor:
         """Sub-block ``j``'s increment to h (rows, chunk, C) at DDIM step ``step``."""
         _, _, sub, context = self.sub_blocks[j]
+        return sub.prepared_increment(h, self._modulation(j, step), context)
+
+    def _ungated(self, j: int, step: int, h: torch.Tensor) -> torch.Tensor:
+        """Sub-block ``j``'s output before its gate, for h (rows, chunk, C) at DDIM step ``step``."""
+        _, _, sub, context = self.sub_blocks[j]
+        return sub.prepared_ungated(h, self._modulation(j, step), context)
+
+    def _gate(self, j: int, step: int) -> torch.Tensor:
+        """Sub-block ``j``'s gate (1, C) at ``step``: the prepared modulation's where there is one."""
         modulation = self.sub_modulations[j].get(step)
-        if modulation is None:  # a step the hook did not announce
-            modulation = self.sub_modulations[j][step] = sub.modulations(self.c_act[step:step + 1])[0]
-        return sub.prepared_increment(h, modulation, context)
+        return modulation[2] if modulation is not None else self.sub_gates[j][step]
 
     def __call__(self, step: int, x: torch.Tensor) -> torch.Tensor:
         """Predicted noise at DDIM step index ``step`` for x (B, chunk, A): (B or 2B if guided, chunk, A)."""
@@ -395,6 +447,9 @@ class DiTSampler:
         for j, (i, kind, _, _) in enumerate(self.sub_blocks):
             if hook is None:
                 h = h + self._increment(j, step, h)
+            elif self.regate:
+                ungated = hook(i, kind, partial(self._ungated, j, step, h))
+                h = h + self._gate(j, step) * ungated
             else:
                 h = h + hook(i, kind, partial(self._increment, j, step, h))
         return self.dit.final.prepared(h, self.final[step])  # (rows, chunk, A)

@@ -2,7 +2,8 @@
 
 Both are ``block_hook``s for the DiT (``dream_policy/dit.py``) driven by the DDIM loop's ``on_step``:
 ``CachedBlocks`` recomputes a sub-block's residual increment only at its update steps and otherwise
-returns the increment cached at the last update; ``BlockRecorder`` computes every increment and keeps a
+returns the value cached at the last update (with the schedule's ``reuse="regate"`` the output before
+the adaLN gate, which the DiT multiplies by the current step's gate; with ``"increment"`` the increment); ``BlockRecorder`` computes every increment and keeps a
 copy per step. Each classifier-free guidance branch (with and without the condition) has its own
 cache entries: sampling runs both branches in one batched DiT call (``DiTSampler``), whose increments
 hold the conditional rows then the unconditional ones, so one cache entry holds both branches' rows and
@@ -35,6 +36,7 @@ class CachedBlocks:
                           for step in range(schedule.num_steps)]
         self._reuse_beyond = frozenset(self._updates)
         self._reuse_now: frozenset[BlockKey] = frozenset()
+        self.regate = schedule.reuse == "regate"  # read by the DiT: cache ungated outputs
         self.step = 0
         self.branches: Branches = (0,)
         self.cache: dict[tuple[Branches, int, str], torch.Tensor] = {}

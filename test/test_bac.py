@@ -107,9 +107,9 @@ def tiny_model():
     return model
 
 
-def schedule_for(model, mode, stats, budget=4, n=2):
+def schedule_for(model, mode, stats, budget=4, n=2, reuse="regate"):
     cfg = model.config
-    return build_schedule(mode, stats, cfg.ddim_steps, budget, n, cfg.dit.depth, cfg.dit.width)
+    return build_schedule(mode, stats, cfg.ddim_steps, budget, n, cfg.dit.depth, cfg.dit.width, reuse)
 
 
 @pytest.fixture(scope="module")
@@ -117,18 +117,20 @@ def stats(tiny_model):
     return block_statistics(record(tiny_model, [random_batch(tiny_model.config, b=3)]))
 
 
-def test_every_step_schedule_reproduces_uncached_actions_bit_for_bit(tiny_model, stats):
+@pytest.mark.parametrize("reuse", ["regate", "increment"])
+def test_every_step_schedule_reproduces_uncached_actions_bit_for_bit(tiny_model, stats, reuse):
     batch = random_batch(tiny_model.config, b=2)
     exact = tiny_model.predict_chunk(batch, generator=torch.Generator().manual_seed(7))
-    hook = CachedBlocks(schedule_for(tiny_model, "none", stats))
+    hook = CachedBlocks(schedule_for(tiny_model, "none", stats, reuse=reuse))
     cached = tiny_model.predict_chunk(batch, generator=torch.Generator().manual_seed(7), block_hook=hook)
     assert torch.equal(exact, cached)
     assert hook.reused == 0 and hook.computed == 2 * 10 * 3 * tiny_model.config.dit.depth  # 2 guidance branches
 
 
 @pytest.mark.parametrize("mode", ["uniform", "adaptive", "bac"])
-def test_cached_modes_reuse_and_stay_close(tiny_model, stats, mode):
-    schedule = schedule_for(tiny_model, mode, stats)
+@pytest.mark.parametrize("reuse", ["regate", "increment"])
+def test_cached_modes_reuse_and_stay_close(tiny_model, stats, mode, reuse):
+    schedule = schedule_for(tiny_model, mode, stats, reuse=reuse)
     batch = random_batch(tiny_model.config, b=2)
     exact = tiny_model.predict_chunk(batch, generator=torch.Generator().manual_seed(7))
     hook = CachedBlocks(schedule)
@@ -153,10 +155,11 @@ def per_branch_sample(model, cond, hook, seed):
 
 
 @pytest.mark.parametrize("mode", ["none", "uniform", "bac"])
-def test_batched_branches_cache_like_separate_calls(tiny_model, stats, mode):
+@pytest.mark.parametrize("reuse", ["regate", "increment"])
+def test_batched_branches_cache_like_separate_calls(tiny_model, stats, mode, reuse):
     """Both guidance branches in one DiT call, one cache entry holding both: the same actions (up to
     rounding) and the same counts as one call and one cache entry per branch."""
-    schedule = schedule_for(tiny_model, mode, stats, budget=3)
+    schedule = schedule_for(tiny_model, mode, stats, budget=3, reuse=reuse)
     cond = tiny_model.features(random_batch(tiny_model.config, b=2))["action"]
     batched, separate = CachedBlocks(schedule), CachedBlocks(schedule)
     out = tiny_model.sample_actions(cond, torch.Generator().manual_seed(4), batched)
@@ -165,6 +168,65 @@ def test_batched_branches_cache_like_separate_calls(tiny_model, stats, mode):
     assert (batched.computed, batched.reused) == (separate.computed, separate.reused)
     assert {branches for branches, _, _ in batched.cache} == {(0, 1)}
     assert {branches for branches, _, _ in separate.cache} == {(0,), (1,)}
+
+
+def test_regate_reuses_the_ungated_output_times_the_current_gate(tiny_model, stats):
+    """reuse="regate" caches each sub-block's output before its gate (gate * ungated = increment); at the
+    same schedule it evaluates exactly as much as reuse="increment" and differs from it only by what a
+    reused step adds (see the forward-path test below for the value)."""
+    regate, increment = (CachedBlocks(schedule_for(tiny_model, "uniform", stats, reuse=r))
+                         for r in ("regate", "increment"))
+    assert regate.regate and not increment.regate
+    cond = tiny_model.features(random_batch(tiny_model.config, b=2))["action"]
+    a = tiny_model.sample_actions(cond, torch.Generator().manual_seed(3), regate)
+    b = tiny_model.sample_actions(cond, torch.Generator().manual_seed(3), increment)
+    assert not torch.allclose(a, b, atol=1e-4)
+    assert (regate.computed, regate.reused) == (increment.computed, increment.reused)
+    dit = tiny_model.dit
+    sub = dit.blocks[1].ff
+    c = dit.time_embed(torch.tensor([90, 40]))
+    x = torch.randn(2, tiny_model.config.chunk, tiny_model.config.dit.width)
+    memory = dit.cond_in(cond) + dit.cond_pos
+    with torch.no_grad():
+        assert torch.equal(sub.gate(c) * sub.ungated(x, c, memory), sub.increment(x, c, memory))
+        # gates() (the gate third of the modulation alone, for the sampler's reused steps) = gate()
+        assert torch.allclose(sub.gates(torch.nn.functional.silu(c)), sub.gate(c), rtol=0, atol=1e-6)
+        assert not torch.allclose(sub.gate(c[:1]), sub.gate(c[1:]), atol=1e-4)  # the gate follows t
+
+
+def test_regated_reuse_in_the_forward_path(tiny_model):
+    """DiT.forward with a regate hook: computing hooks are bit-identical, and a replayed ungated output is
+    multiplied by the gate of the timestep being run."""
+    dit = tiny_model.dit
+    cfg = tiny_model.config
+    x = torch.randn(2, cfg.chunk, cfg.action_dim)
+    cond = torch.randn(2, cfg.dit.cond_tokens, cfg.dit.cond_dim)
+    t1, t2 = torch.tensor([80, 80]), torch.tensor([20, 20])
+    stored: dict = {}
+
+    class Record:
+        regate = True
+
+        def __call__(self, block, kind, compute):
+            stored[block, kind] = compute()
+            return stored[block, kind]
+
+    class Replay:
+        regate = True
+
+        def __call__(self, block, kind, compute):
+            return stored[block, kind]
+
+    class ReplayGatedByHand:  # what regating means, spelled out with the increment protocol
+        def __call__(self, block, kind, compute):
+            sub = getattr(dit.blocks[block], kind)
+            return sub.gate(dit.time_embed(t2)) * stored[block, kind]
+
+    with torch.no_grad():
+        assert torch.equal(dit(x, t1, cond, block_hook=Record()), dit(x, t1, cond))
+        replayed = dit(x, t2, cond, block_hook=Replay())
+        assert torch.allclose(replayed, dit(x, t2, cond, block_hook=ReplayGatedByHand()), atol=1e-6)
+        assert not torch.allclose(replayed, dit(x, t2, cond), atol=1e-4)
 
 
 def test_recorder_sees_every_step_and_branch(tiny_model):
@@ -190,6 +252,12 @@ def test_schedule_file_roundtrip_and_mismatch(tmp_path, tiny_model, stats):
     schedule = schedule_for(tiny_model, "bac", stats)
     loaded = CacheSchedule.load(schedule.save(tmp_path / "s.json"))
     assert loaded.steps == schedule.steps and loaded.mode == "bac" and loaded.budget == 4
+    assert loaded.reuse == "regate"
+    old = schedule.to_dict()
+    del old["reuse"]  # written before regated reuse existed: the increments are reused as they were
+    assert CacheSchedule.from_dict(old).reuse == "increment"
+    with pytest.raises(ValueError, match="reuse 'gated' is not one of"):
+        CacheSchedule("bac", 10, 4, 128, {(0, "attn"): [0, 2]}, reuse="gated")
     cfg = tiny_model.config
     loaded.check_matches(cfg.dit.depth, cfg.dit.width, cfg.ddim_steps)
     with pytest.raises(ValueError, match="depth 4 != model's 6.*calibrate-cache"):
