@@ -1,5 +1,5 @@
 """Block-wise Adaptive Caching on the shipped checkpoint, every mode side by side in one process:
-DiT-head latency (p50/p95), FLOPs per head call, share of sub-block evaluations, action error against
+DiT-head latency (p50/p95; all modes timed interleaved), FLOPs per head call, share of sub-block evaluations, action error against
 the uncached head from the same noise, whole ``step()`` latency, and (``--chains N``) closed-loop
 CALVIN chains for none / uniform / bac at the shipped budget. The last line is
 ``head_speedup=<bac vs none>`` at the shipped budget. Schedules reuse sub-block outputs re-gated by the
@@ -40,14 +40,19 @@ from dream_policy.runtime import DreamPolicy
 MODES = ("uniform", "adaptive", "bac")
 
 
-def latency_ms(fn, repeats: int) -> np.ndarray:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def latency_ms(fns: dict, repeats: int) -> dict:
+    """{name: call times (ms)}, the calls interleaved (one of each per round) so that every mode meets the
+    same machine: on a shared CPU the speed drifts over a run, and timing one mode after another would put
+    that drift into the ratios."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * np.asarray(times)
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: 1000 * np.asarray(ts) for name, ts in times.items()}
 
 
 def head_flops(model, cond: torch.Tensor, schedule: CacheSchedule | None) -> int:
@@ -153,21 +158,25 @@ def main() -> None:
         batches = calibration_batches(data, "validation", policy, args.samples, 16)
     stats = block_statistics(record(model, batches))
     cond = model.features(_first(batches[0]))["action"]  # (1, A, D): one observation, as at run time
-    base = latency_ms(lambda: model.sample_actions(cond), args.repeats)
+    schedules: dict[tuple[str, int], CacheSchedule] = {
+        (mode, budget): build_schedule(mode, stats, cfg.ddim_steps, budget, args.bubbling_blocks, cfg.dit.depth,
+                                       cfg.dit.width, args.reuse)
+        for budget in args.budgets for mode in MODES}
+    calls = {key: (lambda s=schedule: model.sample_actions(cond, None, CachedBlocks(s)))
+             for key, schedule in schedules.items()}
+    latencies = latency_ms({"none": lambda: model.sample_actions(cond), **calls}, args.repeats)
+    base = latencies["none"]
     base_flops = head_flops(model, cond, None)
     print(f"{'mode':9s} {'budget':>6s} {'evals':>6s} {'head p50':>9s} {'p95':>7s} {'speedup':>7s} "
           f"{'MFLOP':>7s} {'FLOPx':>6s} {'|da|':>7s} {'|da| ' + other[:3]:>8s}")
     print(f"{'none':9s} {'-':>6s} {1:6.0%} {np.percentile(base, 50):8.2f}ms {np.percentile(base, 95):6.2f}ms "
           f"{1:7.2f} {base_flops / 1e6:7.2f} {1:6.2f} {0:7.4f} {0:8.4f}")
     print(f"(for scale: two uncached samples from different noise differ by |da| = {noise_spread(model, batches):.4f})")
-    schedules: dict[tuple[str, int], CacheSchedule] = {}
     speedups = {}
     for budget in args.budgets:
         for mode in MODES:
-            schedule = build_schedule(mode, stats, cfg.ddim_steps, budget, args.bubbling_blocks, cfg.dit.depth,
-                                      cfg.dit.width, args.reuse)
-            schedules[(mode, budget)] = schedule
-            ms = latency_ms(lambda s=schedule: model.sample_actions(cond, None, CachedBlocks(s)), args.repeats)
+            schedule = schedules[(mode, budget)]
+            ms = latencies[(mode, budget)]
             flops = head_flops(model, cond, schedule)
             err = action_error(model, batches, schedule, seed=1)
             err_other = action_error(model, batches, dataclasses.replace(schedule, reuse=other), seed=1)

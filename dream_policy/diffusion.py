@@ -82,10 +82,11 @@ class DiffusionSchedule:
         self.train_steps = train_steps
         self.betas = squared_cosine_betas(train_steps, max_beta)  # (K,) float64
         self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)  # (K,) float64
+        self._abars = self.alphas_cumprod.tolist()  # as Python floats, for the sampling loop
 
     def _abar(self, t: int) -> float:
         """alphas_cumprod[t]; t = -1 is the clean sample (abar = 1)."""
-        return 1.0 if t < 0 else float(self.alphas_cumprod[t])
+        return 1.0 if t < 0 else self._abars[t]
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t (B, ...) from clean ``x0`` (B, ...), ``noise`` like x0 and train timesteps ``t`` (B,)."""
@@ -161,19 +162,21 @@ class DiffusionSchedule:
         clip_sample: float | None = None,
     ) -> torch.Tensor:
         """One DDIM update x_t -> x_{t_prev} (Song et al. eq. 12); eta = 0 is deterministic."""
-        x0_pred = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+        # in place on the fresh x0_pred: a step is a handful of small-tensor ops, where each op's fixed cost
+        # is most of the time
+        x0_pred = torch.add(x, eps, alpha=-math.sqrt(1 - abar)).div_(math.sqrt(abar))
         if clip_sample is not None:
-            x0_pred = x0_pred.clamp(-clip_sample, clip_sample)
+            x0_pred.clamp_(-clip_sample, clip_sample)
         sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
-        x_prev = math.sqrt(abar_prev) * x0_pred + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
+        x_prev = x0_pred.mul_(math.sqrt(abar_prev)).add_(eps, alpha=math.sqrt(max(1 - abar_prev - sigma**2, 0.0)))
         if sigma > 0:
             x_prev = x_prev + sigma * _randn(x.shape, generator, x.device, x.dtype)
         return x_prev
 
 
 def _guide(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
-    """Classifier-free guidance: eps_uncond + guidance * (eps_cond - eps_uncond)."""
-    return eps_uncond + guidance * (eps_cond - eps_uncond)
+    """Classifier-free guidance: eps_uncond + guidance * (eps_cond - eps_uncond), in one op."""
+    return torch.lerp(eps_uncond, eps_cond, guidance)
 
 
 def _two_call_predictor(

@@ -8,15 +8,16 @@ caches the sub-block's output before its adaLN gate instead, and the DiT multipl
 returns by the gate of the current timestep.
 
 ``forward`` is the training (and one-call) path. DDIM sampling goes through ``DiT.prepare_sampling``
-instead: a ``DiTSampler`` computes what does not depend on the noisy actions once per sampling call
-(condition projection, cross-attention keys/values, timestep embeddings and adaLN modulations of the
-step list) and runs both classifier-free guidance branches in one batch.
+instead: a ``DiTSampler`` computes what depends on the condition once per sampling call (condition
+projection, cross-attention keys/values) and runs both classifier-free guidance branches in one batch;
+what depends on the weights and step list alone (timestep embeddings, adaLN modulations: a
+``StepTable``) the DiT keeps from one sampling call to the next while its weights stay the same.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
 from typing import Any
@@ -30,8 +31,7 @@ SUB_BLOCK_KINDS = ("attn", "cross", "ff")
 # block_hook(block_index, kind, compute) -> increment (B, chunk, width); compute() gives the fresh one.
 # A hook with a true ``regate`` attribute gets and returns the ungated output instead (what
 # ``SubBlock.residual`` gives), and the DiT adds gate(t) * that: a reused output then follows the
-# timestep's gate. A hook may also have ``update_steps(block_index, kind) -> Collection[int] | None``: the sampling steps at
-# which it will call compute() (None: every step), so that ``DiTSampler`` prepares only those steps' inputs.
+# timestep's gate.
 BlockHook = Callable[[int, str, Callable[[], torch.Tensor]], torch.Tensor]
 Modulation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # shift, 1 + scale, gate: (1, C) each
 
@@ -98,9 +98,8 @@ class Attention(nn.Module):
     def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, nh, S, hs) of memory (B, S, C)."""
         B, S, C = memory.shape
-        k, v = self.kv(memory).split(C, dim=-1)  # (B, S, C) each
-        k = k.view(B, S, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, S, hs)
-        v = v.view(B, S, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, S, hs)
+        kv = self.kv(memory).view(B, S, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (2, B, nh, S, hs)
+        k, v = kv.unbind(0)  # (B, nh, S, hs) each
         return k, v
 
     def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -141,12 +140,6 @@ class SubBlock(nn.Module):
         """The adaLN gate (B, 1, C) for timestep embedding c (B, C), exactly as ``modulate`` gives it."""
         return self.modulation(F.silu(c)).unsqueeze(1).chunk(3, dim=-1)[2]
 
-    def gates(self, c_act: torch.Tensor) -> torch.Tensor:
-        """The gates (K, 1, C) for the rows of SiLU(timestep embedding) c_act (K, C), from the gate third of
-        the modulation alone (equal to ``modulations``' up to rounding)."""
-        C = c_act.shape[-1]
-        return F.linear(c_act, self.modulation.weight[2 * C:], self.modulation.bias[2 * C:]).unsqueeze(1)
-
     def modulations(self, c_act: torch.Tensor) -> list[Modulation]:
         """Per row of SiLU(timestep embedding) c_act (K, C): (shift, 1 + scale, gate), (1, C) each."""
         shift, scale, gate = self.modulation(c_act).unsqueeze(1).chunk(3, dim=-1)  # (K, 1, C) each
@@ -173,7 +166,7 @@ class SubBlock(nn.Module):
     def prepared_ungated(self, x: torch.Tensor, modulation: Modulation, context: Any) -> torch.Tensor:
         """``ungated`` from a precomputed ``modulations`` entry and ``context``."""
         shift, scale1, _ = modulation
-        return self.residual(self.norm(x) * scale1 + shift, context)
+        return self.residual(torch.addcmul(shift, self.norm(x), scale1), context)  # norm(x) * scale1 + shift
 
     def prepared_increment(self, x: torch.Tensor, modulation: Modulation, context: Any) -> torch.Tensor:
         """``increment`` from a precomputed ``modulations`` entry and ``context``."""
@@ -241,7 +234,7 @@ class FinalLayer(nn.Module):
     def prepared(self, x: torch.Tensor, modulation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """``forward`` from a precomputed ``modulations`` entry: (B, T, action_dim)."""
         shift, scale1 = modulation
-        return self.out(self.norm(x) * scale1 + shift)
+        return self.out(torch.addcmul(shift, self.norm(x), scale1))  # norm(x) * scale1 + shift
 
 
 class DiT(nn.Module):
@@ -259,6 +252,9 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
         self.final = FinalLayer(config)
         self._init_weights()
+        self._step_tables: dict[tuple[int, ...], StepTable] = {}  # see step_table
+        self._step_tables_weights: tuple[tuple[int, int], ...] = ()
+        self._slots: list[tuple[dict[str, Any], str]] = []  # (module._parameters, name): _parameter_slots
 
     def _init_weights(self) -> None:
         """DiT's initialisation: xavier linears, adaLN modulations and output layer at zero."""
@@ -330,6 +326,31 @@ class DiT(nn.Module):
         """
         return DiTSampler(self, cond, timesteps, batch_size, guided, block_hook)
 
+    def step_table(self, timesteps: Sequence[int]) -> StepTable:
+        """The ``StepTable`` for ``timesteps``: under no_grad kept for the next call until a parameter
+        changes (in place: its version counter moves; or replaced: its storage moves)."""
+        if torch.is_grad_enabled():
+            return build_step_table(self, timesteps)
+        weights = tuple((p.data_ptr(), p._version) for p in self._parameter_slots())
+        if weights != self._step_tables_weights:
+            self._step_tables_weights, self._step_tables = weights, {}
+        key = tuple(int(t) for t in timesteps)
+        table = self._step_tables.get(key)
+        if table is None:
+            table = self._step_tables[key] = build_step_table(self, key)
+        return table
+
+    def _parameter_slots(self) -> list[torch.Tensor]:
+        """The parameters a ``StepTable`` is made of (timestep embedder, adaLN modulations), read from their
+        modules' slots: walking the module tree each call would cost about a millisecond, and a slot shows a
+        parameter that was replaced."""
+        if not self._slots:
+            modules = [self.time_embed, self.final.modulation,
+                       *(sub.modulation for block in self.blocks for _, sub in block.sub_blocks())]
+            self._slots = [(m._parameters, name) for module in modules for m in module.modules()
+                           for name, p in m._parameters.items() if p is not None]
+        return [slots[name] for slots, name in self._slots]
+
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> None:
         cfg = self.config
         if x.dim() != 3 or x.shape[1:] != (cfg.chunk, cfg.action_dim):
@@ -343,12 +364,31 @@ class DiT(nn.Module):
             )
 
 
+@dataclass(frozen=True)
+class StepTable:
+    """What DDIM sampling over one step list needs that depends on the weights alone: per sub-block (in
+    ``DiTSampler.sub_blocks`` order) and step its adaLN modulation, and per step the final layer's."""
+
+    timesteps: tuple[int, ...]
+    modulations: tuple[tuple[Modulation, ...], ...]  # [sub-block][step]
+    final: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # [step]: (shift, 1 + scale)
+
+
+def build_step_table(dit: DiT, timesteps: Sequence[int]) -> StepTable:
+    """The ``StepTable`` of ``dit`` for ``timesteps`` (computed; ``DiT.step_table`` caches it)."""
+    steps = tuple(int(t) for t in timesteps)
+    device = dit.action_pos.device
+    c_act = F.silu(dit.time_embed(torch.tensor(steps, dtype=torch.long, device=device)))  # (K, C)
+    modulations = tuple(tuple(sub.modulations(c_act)) for block in dit.blocks for _, sub in block.sub_blocks())
+    return StepTable(steps, modulations, tuple(dit.final.modulations(c_act)))
+
+
 class DiTSampler:
     """The DiT prepared for one DDIM sampling call: ``sampler(i, x)`` is the noise predicted at step ``i``.
 
-    Computed once here instead of at every step: the condition tokens' projection, each cross-attention's
-    keys and values over them, the timestep embeddings of the step list and every sub-block's adaLN
-    modulation at the steps it runs (all steps, or the hook's ``update_steps``). With ``guided`` both
+    Computed once here instead of at every step: the condition tokens' projection and each
+    cross-attention's keys and values over them; the timestep embeddings and every adaLN modulation of the
+    step list come from ``DiT.step_table``, computed once per step list and weights. With ``guided`` both
     guidance branches run in one call of 2B rows, conditional first: ``sampler(i, x)`` (B, chunk, A) gives
     (2B, chunk, A), and a block hook sees increments (2B, chunk, C).
     """
@@ -371,18 +411,13 @@ class DiTSampler:
         self.dit, self.guided, self.block_hook = dit, guided, block_hook
         self.x_shape = (batch_size, cfg.chunk, cfg.action_dim)
         memory = dit.cond_in(self._condition_rows(cond, batch_size)) + dit.cond_pos  # (rows, N, C)
-        self.sub_blocks = [(i, kind, sub, sub.context(memory))
-                           for i, block in enumerate(dit.blocks) for kind, sub in block.sub_blocks()]
-        t = torch.tensor(list(timesteps), dtype=torch.long, device=memory.device)  # (K,)
-        self.num_steps = len(timesteps)
-        self.c_act = F.silu(dit.time_embed(t))  # (K, C)
-        self._c_rows: dict[tuple[int, ...], torch.Tensor] = {}  # c_act at some steps, shared by sub-blocks
-        self.sub_modulations = [self._modulations(i, kind, sub) for i, kind, sub, _ in self.sub_blocks]
+        self.table = dit.step_table(timesteps)
+        # (block, kind, sub-block, its context, its modulation per step)
+        self.sub_blocks = [(i, kind, sub, sub.context(memory), mods) for (i, kind, sub), mods in
+                           zip(((i, kind, sub) for i, block in enumerate(dit.blocks) for kind, sub in block.sub_blocks()),
+                               self.table.modulations)]
+        self.num_steps = len(self.table.timesteps)
         self.regate = bool(getattr(block_hook, "regate", False))
-        # regate: the gates at the steps whose modulation is not prepared (where the hook may reuse)
-        self.sub_gates = [self._reuse_gates(sub, mods) if self.regate else {}
-                          for (_, _, sub, _), mods in zip(self.sub_blocks, self.sub_modulations)]
-        self.final = dit.final.modulations(self.c_act)
 
     def _condition_rows(self, cond: torch.Tensor | None, batch_size: int) -> torch.Tensor:
         """(rows, N, D): cond, then the null condition when guided; the null condition alone for no cond."""
@@ -391,65 +426,22 @@ class DiTSampler:
             return null
         return torch.cat([cond, null.to(cond.dtype)]) if self.guided else cond
 
-    def _modulations(self, block: int, kind: str, sub: SubBlock) -> dict[int, Modulation]:
-        """{step: modulation} of ``sub`` at the steps the hook will compute it (every step without one)."""
-        steps_of = getattr(self.block_hook, "update_steps", None)
-        announced: Collection[int] | None = steps_of(block, kind) if steps_of is not None else None
-        K = self.num_steps
-        steps = tuple(range(K)) if announced is None else tuple(sorted(s for s in announced if 0 <= s < K))
-        if not steps:
-            return {}
-        if len(steps) == K:
-            return dict(enumerate(sub.modulations(self.c_act)))
-        if steps not in self._c_rows:
-            index = torch.tensor(steps, device=self.c_act.device)
-            self._c_rows[steps] = self.c_act.index_select(0, index)  # (len(steps), C)
-        return dict(zip(steps, sub.modulations(self._c_rows[steps])))
-
-    def _reuse_gates(self, sub: SubBlock, prepared: dict[int, Modulation]) -> dict[int, torch.Tensor]:
-        """{step: gate (1, C)} of ``sub`` at the steps not in ``prepared``."""
-        steps = [k for k in range(self.num_steps) if k not in prepared]
-        if not steps:
-            return {}
-        rows = self.c_act.index_select(0, torch.tensor(steps, device=self.c_act.device))
-        return dict(zip(steps, sub.gates(rows).unbind(0)))
-
-    def _modulation(self, j: int, step: int) -> Modulation:
-        modulation = self.sub_modulations[j].get(step)
-        if modulation is None:  # a step the hook did not announce
-            sub = self.sub_blocks[j][2]
-            modulation = self.sub_modulations[j][step] = sub.modulations(self.c_act[step:step + 1])[0]
-        return modulation
-
-    def _increment(self, j: int, step: int, h: torch.Tensor) -> torch.Tensor:
-        """Sub-block ``j``'s increment to h (rows, chunk, C) at DDIM step ``step``."""
-        _, _, sub, context = self.sub_blocks[j]
-        return sub.prepared_increment(h, self._modulation(j, step), context)
-
-    def _ungated(self, j: int, step: int, h: torch.Tensor) -> torch.Tensor:
-        """Sub-block ``j``'s output before its gate, for h (rows, chunk, C) at DDIM step ``step``."""
-        _, _, sub, context = self.sub_blocks[j]
-        return sub.prepared_ungated(h, self._modulation(j, step), context)
-
-    def _gate(self, j: int, step: int) -> torch.Tensor:
-        """Sub-block ``j``'s gate (1, C) at ``step``: the prepared modulation's where there is one."""
-        modulation = self.sub_modulations[j].get(step)
-        return modulation[2] if modulation is not None else self.sub_gates[j][step]
-
     def __call__(self, step: int, x: torch.Tensor) -> torch.Tensor:
         """Predicted noise at DDIM step index ``step`` for x (B, chunk, A): (B or 2B if guided, chunk, A)."""
         if x.shape != self.x_shape:
             raise ValueError(f"x must be {self.x_shape}, got {tuple(x.shape)}")
+        if not 0 <= step < self.num_steps:
+            raise ValueError(f"step must be in [0, {self.num_steps}), got {step}")
         h = self.dit.action_in(x) + self.dit.action_pos  # (B, chunk, C)
         if self.guided:
             h = torch.cat([h, h])  # (2B, chunk, C): both branches denoise the same x
         hook = self.block_hook
-        for j, (i, kind, _, _) in enumerate(self.sub_blocks):
+        for i, kind, sub, context, mods in self.sub_blocks:
+            modulation = mods[step]
             if hook is None:
-                h = h + self._increment(j, step, h)
+                h = h + sub.prepared_increment(h, modulation, context)
             elif self.regate:
-                ungated = hook(i, kind, partial(self._ungated, j, step, h))
-                h = h + self._gate(j, step) * ungated
+                h = h + modulation[2] * hook(i, kind, partial(sub.prepared_ungated, h, modulation, context))
             else:
-                h = h + hook(i, kind, partial(self._increment, j, step, h))
-        return self.dit.final.prepared(h, self.final[step])  # (rows, chunk, A)
+                h = h + hook(i, kind, partial(sub.prepared_increment, h, modulation, context))
+        return self.dit.final.prepared(h, self.table.final[step])  # (rows, chunk, A)

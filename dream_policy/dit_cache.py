@@ -46,10 +46,6 @@ class CachedBlocks:
         self.step = index
         self._reuse_now = self._reuse_at[index] if 0 <= index < len(self._reuse_at) else self._reuse_beyond
 
-    def update_steps(self, block: int, kind: str) -> frozenset[int] | None:
-        """The steps at which sub-block ``(block, kind)`` is recomputed; None: every step."""
-        return self._updates.get((block, kind))
-
     def __call__(self, block: int, kind: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         key = (self.branches, block, kind)
         if (block, kind) in self._reuse_now:

@@ -189,8 +189,6 @@ def test_regate_reuses_the_ungated_output_times_the_current_gate(tiny_model, sta
     memory = dit.cond_in(cond) + dit.cond_pos
     with torch.no_grad():
         assert torch.equal(sub.gate(c) * sub.ungated(x, c, memory), sub.increment(x, c, memory))
-        # gates() (the gate third of the modulation alone, for the sampler's reused steps) = gate()
-        assert torch.allclose(sub.gates(torch.nn.functional.silu(c)), sub.gate(c), rtol=0, atol=1e-6)
         assert not torch.allclose(sub.gate(c[:1]), sub.gate(c[1:]), atol=1e-4)  # the gate follows t
 
 

@@ -111,6 +111,9 @@ _TAKE_BATCH = 64
 SERVICE_QOS = QosProfile(10, Reliability.RELIABLE, Durability.VOLATILE)  # rmw_qos_profile_services_default
 REPLY_MATCH_TIMEOUT_S = 1.0
 _POLL_S = 0.005
+# cyclonedds's Python binding converts a matched endpoint's QoS through a Python callback that fails
+# ("Callfunc cqos errored") when two threads query matched endpoints at once: queries take turns
+_MATCH_LOCK = threading.Lock()
 _HANDLE_MASK = 2**64 - 1  # the binding returns a local entity's instance handle as a signed int64
 REQUEST_HEADER_MEMBER = "cdds_request_header"
 # rmw_cyclonedds's cdds_request_header_t: the client's id and its request's number
@@ -427,16 +430,32 @@ class DdsService:
 
     def _client_state(self, request_writer: int) -> str:
         """``gone`` (its request writer left), ``ready`` or ``waiting`` (for its reply reader to match)."""
-        writer = self._reader.get_matched_publication_data(request_writer)
+        with _MATCH_LOCK:
+            writers = _matched(self._reader.get_matched_publication_data, [request_writer])
+        writer = writers[0] if writers else None
         if writer is None:
             return "gone"
         client_id = user_data_value(writer, "clientid")
         if client_id is None:  # not an rmw_cyclonedds-style client: nothing to wait for
             return "ready"
-        readers = (self._writer.get_matched_subscription_data(handle)
-                   for handle in self._writer.get_matched_subscriptions())
+        with _MATCH_LOCK:
+            readers = _matched(self._writer.get_matched_subscription_data, self._writer.get_matched_subscriptions())
         matched = any(user_data_value(reader, "clientid") == client_id for reader in readers)
         return "ready" if matched else "waiting"
+
+
+def _matched(data_of: Callable[[int], Any], handles: list[int]) -> list[Any]:
+    """The endpoint data of ``handles``; an endpoint that left between the two queries (no data, or an
+    error) is skipped: the caller polls again."""
+    found = []
+    for handle in handles:
+        try:
+            data = data_of(handle)
+            if data is not None:
+                found.append(data)
+        except Exception as error:  # noqa: BLE001 -- cyclonedds raises a bare Exception for a handle that is gone
+            log.debug("matched endpoint %s: %s", handle, error)
+    return found
 
 
 class DdsClient:
@@ -460,10 +479,9 @@ class DdsClient:
 
     def service_is_ready(self) -> bool:
         """rmw_cyclonedds's test: a matched request reader and reply writer of one server."""
-        readers = [self._writer.get_matched_subscription_data(handle)
-                   for handle in self._writer.get_matched_subscriptions()]
-        writers = [self._reader.get_matched_publication_data(handle)
-                   for handle in self._reader.get_matched_publications()]
+        with _MATCH_LOCK:
+            readers = _matched(self._writer.get_matched_subscription_data, self._writer.get_matched_subscriptions())
+            writers = _matched(self._reader.get_matched_publication_data, self._reader.get_matched_publications())
         service_ids = {user_data_value(reader, "serviceid") for reader in readers} - {None}
         if not service_ids:
             return bool(readers) and bool(writers)
