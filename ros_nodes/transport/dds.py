@@ -439,21 +439,24 @@ class DdsService:
         if client_id is None:  # not an rmw_cyclonedds-style client: nothing to wait for
             return "ready"
         with _MATCH_LOCK:
-            readers = _matched(self._writer.get_matched_subscription_data, self._writer.get_matched_subscriptions())
+            readers = _matched(self._writer.get_matched_subscription_data,
+                               self._writer.get_matched_subscriptions())
         matched = any(user_data_value(reader, "clientid") == client_id for reader in readers)
         return "ready" if matched else "waiting"
 
 
 def _matched(data_of: Callable[[int], Any], handles: list[int]) -> list[Any]:
-    """The endpoint data of ``handles``; an endpoint that left between the two queries (no data, or an
-    error) is skipped: the caller polls again."""
+    """Return the endpoint data of ``handles``, skipping endpoints that are gone.
+
+    An endpoint that left between the two queries (no data, or an error) is skipped: the caller polls again.
+    """
     found = []
     for handle in handles:
         try:
             data = data_of(handle)
             if data is not None:
                 found.append(data)
-        except Exception as error:  # noqa: BLE001 -- cyclonedds raises a bare Exception for a handle that is gone
+        except Exception as error:  # noqa: BLE001 -- cyclonedds raises a bare Exception for a gone handle
             log.debug("matched endpoint %s: %s", handle, error)
     return found
 
@@ -480,8 +483,10 @@ class DdsClient:
     def service_is_ready(self) -> bool:
         """rmw_cyclonedds's test: a matched request reader and reply writer of one server."""
         with _MATCH_LOCK:
-            readers = _matched(self._writer.get_matched_subscription_data, self._writer.get_matched_subscriptions())
-            writers = _matched(self._reader.get_matched_publication_data, self._reader.get_matched_publications())
+            readers = _matched(self._writer.get_matched_subscription_data,
+                               self._writer.get_matched_subscriptions())
+            writers = _matched(self._reader.get_matched_publication_data,
+                               self._reader.get_matched_publications())
         service_ids = {user_data_value(reader, "serviceid") for reader in readers} - {None}
         if not service_ids:
             return bool(readers) and bool(writers)
