@@ -301,14 +301,13 @@ class DiT(nn.Module):
         memory = self.cond_in(cond) + self.cond_pos  # (B, N, C)
         h = self.action_in(x) + self.action_pos  # (B, chunk, C)
         regate = getattr(block_hook, "regate", False)
-        for i, block in enumerate(self.blocks):
-            for kind, sub in block.sub_blocks():
-                if block_hook is None:
-                    h = h + sub.increment(h, c, memory)
-                elif regate:
-                    h = h + sub.gate(c) * block_hook(i, kind, partial(sub.ungated, h, c, memory))
-                else:
-                    h = h + block_hook(i, kind, partial(sub.increment, h, c, memory))
+        for i, kind, sub in self.sub_blocks():
+            if block_hook is None:
+                h = h + sub.increment(h, c, memory)
+            elif regate:
+                h = h + sub.gate(c) * block_hook(i, kind, partial(sub.ungated, h, c, memory))
+            else:
+                h = h + block_hook(i, kind, partial(sub.increment, h, c, memory))
         return self.final(h, c)  # (B, chunk, action_dim)
 
     def prepare_sampling(
@@ -325,6 +324,10 @@ class DiT(nn.Module):
         B..2B-1 of every call.
         """
         return DiTSampler(self, cond, timesteps, batch_size, guided, block_hook)
+
+    def sub_blocks(self) -> list[tuple[int, str, SubBlock]]:
+        """(block index, kind, sub-block) for every sub-block, in execution order."""
+        return [(i, kind, sub) for i, block in enumerate(self.blocks) for kind, sub in block.sub_blocks()]
 
     def step_table(self, timesteps: Sequence[int]) -> StepTable:
         """The ``StepTable`` for ``timesteps``: under no_grad kept for the next call until a parameter
@@ -345,8 +348,7 @@ class DiT(nn.Module):
         modules' slots: walking the module tree each call would cost about a millisecond, and a slot shows a
         parameter that was replaced."""
         if not self._slots:
-            modules = [self.time_embed, self.final.modulation,
-                       *(sub.modulation for block in self.blocks for _, sub in block.sub_blocks())]
+            modules = [self.time_embed, self.final.modulation, *(sub.modulation for _, _, sub in self.sub_blocks())]
             self._slots = [(m._parameters, name) for module in modules for m in module.modules()
                            for name, p in m._parameters.items() if p is not None]
         return [slots[name] for slots, name in self._slots]
@@ -379,7 +381,7 @@ def build_step_table(dit: DiT, timesteps: Sequence[int]) -> StepTable:
     steps = tuple(int(t) for t in timesteps)
     device = dit.action_pos.device
     c_act = F.silu(dit.time_embed(torch.tensor(steps, dtype=torch.long, device=device)))  # (K, C)
-    modulations = tuple(tuple(sub.modulations(c_act)) for block in dit.blocks for _, sub in block.sub_blocks())
+    modulations = tuple(tuple(sub.modulations(c_act)) for _, _, sub in dit.sub_blocks())
     return StepTable(steps, modulations, tuple(dit.final.modulations(c_act)))
 
 
@@ -413,9 +415,8 @@ class DiTSampler:
         memory = dit.cond_in(self._condition_rows(cond, batch_size)) + dit.cond_pos  # (rows, N, C)
         self.table = dit.step_table(timesteps)
         # (block, kind, sub-block, its context, its modulation per step)
-        self.sub_blocks = [(i, kind, sub, sub.context(memory), mods) for (i, kind, sub), mods in
-                           zip(((i, kind, sub) for i, block in enumerate(dit.blocks) for kind, sub in block.sub_blocks()),
-                               self.table.modulations)]
+        self.sub_blocks = [(i, kind, sub, sub.context(memory), mods)
+                           for (i, kind, sub), mods in zip(dit.sub_blocks(), self.table.modulations)]
         self.num_steps = len(self.table.timesteps)
         self.regate = bool(getattr(block_hook, "regate", False))
 
