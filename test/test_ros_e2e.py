@@ -145,9 +145,18 @@ def test_the_shipped_checkpoint_closes_the_drawer_over_ros(domain: dict[str, str
         begun = time.monotonic()
         first_tcp = probe.tcp[-1][1]
         done = False
-        while time.monotonic() - begun < 40 and not done:  # 600 ticks of sim time at most
-            time.sleep(0.5)
-            done = succeeded("close_drawer", start, probe.scene[-1])
+        # The policy closes the drawer in ~90 % of CALVIN's closed-loop attempts, so one attempt in ten fails
+        # for the policy's own reasons; a second instruction of the same task (CALVIN's evaluation wording:
+        # a new instruction resets the policy) tells a stuck attempt from a broken pipeline, which fails both.
+        for attempt, instruction in enumerate(("close the drawer", "push the handle to close the drawer")):
+            if attempt:
+                nodes.instruct(instruction)
+            attempt_begun = time.monotonic()
+            while time.monotonic() - attempt_begun < 40 and not done:  # 600 ticks of sim time at most
+                time.sleep(0.5)
+                done = succeeded("close_drawer", start, probe.scene[-1])
+            if done:
+                break
         print(f"\ntiny_D close_drawer over ROS: {'success' if done else 'no success'} after "
               f"{time.monotonic() - begun:.1f} s, drawer {start[1]:.3f} -> {probe.scene[-1][1]:.3f} m")
         moved = max(np.linalg.norm(p - first_tcp) for _, p in list(probe.tcp))
