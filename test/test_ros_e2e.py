@@ -129,12 +129,12 @@ def test_dream_policy_up_runs_the_expert_on_instructions(domain: dict[str, str],
     assert "[up] stopped: sim exit 0, policy exit 0" in output
 
 
-def test_the_shipped_checkpoint_closes_the_drawer_over_ros(domain: dict[str, str], probe: Probe):
-    """checkpoints/tiny_D on "close the drawer" from an open drawer (8/8 and 9/9 in CALVIN's chains) over
-    DDS, judged by the task oracle. The sim runs at a real-time factor of 0.5 and the policy node on its
-    /clock, as one would slow Gazebo on a weak machine: on these 2 shared cores an inference beside the
-    rendering sim takes 30-65 ms, most of a 3-action chunk at full speed."""
+def close_drawer_attempt(domain: dict[str, str], probe: Probe) -> tuple[bool, str]:
+    """One launch of both nodes from the open-drawer scene, "close the drawer", 40 s (600 ticks of sim time) at
+    most; the pipeline's own assertions hold whether or not the policy succeeds. Returns (success, summary)."""
     output: list[str] = []
+    for received in (probe.scene, probe.tcp, probe.diagnostics):  # of this launch only
+        received.clear()
     nodes = launch(domain, "checkpoint", SEED_OPEN, output, real_time_factor=0.5)
     try:
         start = wait_for(lambda: probe.scene[0] if probe.scene else None, 30, "the sim's scene state")
@@ -145,20 +145,11 @@ def test_the_shipped_checkpoint_closes_the_drawer_over_ros(domain: dict[str, str
         begun = time.monotonic()
         first_tcp = probe.tcp[-1][1]
         done = False
-        # The policy closes the drawer in ~90 % of CALVIN's closed-loop attempts, so one attempt in ten fails
-        # for the policy's own reasons; a second instruction of the same task (CALVIN's evaluation wording:
-        # a new instruction resets the policy) tells a stuck attempt from a broken pipeline, which fails both.
-        for attempt, instruction in enumerate(("close the drawer", "push the handle to close the drawer")):
-            if attempt:
-                nodes.instruct(instruction)
-            attempt_begun = time.monotonic()
-            while time.monotonic() - attempt_begun < 40 and not done:  # 600 ticks of sim time at most
-                time.sleep(0.5)
-                done = succeeded("close_drawer", start, probe.scene[-1])
-            if done:
-                break
-        print(f"\ntiny_D close_drawer over ROS: {'success' if done else 'no success'} after "
-              f"{time.monotonic() - begun:.1f} s, drawer {start[1]:.3f} -> {probe.scene[-1][1]:.3f} m")
+        while time.monotonic() - begun < 40 and not done:
+            time.sleep(0.5)
+            done = succeeded("close_drawer", start, probe.scene[-1])
+        summary = (f"{'success' if done else 'no success'} after {time.monotonic() - begun:.1f} s, "
+                   f"drawer {start[1]:.3f} -> {probe.scene[-1][1]:.3f} m")
         moved = max(np.linalg.norm(p - first_tcp) for _, p in list(probe.tcp))
         diagnostics = probe.diagnostics[-1]
         latency, chunk_s = diagnostics["loop"]["inference_p50_s"], 3 * PERIOD
@@ -167,11 +158,32 @@ def test_the_shipped_checkpoint_closes_the_drawer_over_ros(domain: dict[str, str
                         f"{chunk_s * 1e3:.0f} ms: this machine is too busy to run the checkpoint in real time")
         assert moved > 0.02, f"the arm moved {moved:.3f} m only"
         assert diagnostics["running"] and not diagnostics["stopped"] and diagnostics["counts"]["chunks"] > 10
-        assert done, f"the drawer did not close: {start[1]:.3f} -> {probe.scene[-1][1]:.3f} m"
         assert not nodes.exited()
     finally:
         codes = nodes.stop()
     assert codes == [0, 0], output[-20:]
+    return done, summary
+
+
+def test_the_shipped_checkpoint_closes_the_drawer_over_ros(domain: dict[str, str], probe: Probe):
+    """checkpoints/tiny_D on "close the drawer" from an open drawer (8/8 and 9/9 in CALVIN's chains) over
+    DDS, judged by the task oracle. The sim runs at a real-time factor of 0.5 and the policy node on its
+    /clock, as one would slow Gazebo on a weak machine: on these 2 shared cores an inference beside the
+    rendering sim takes 30-65 ms, most of a 3-action chunk at full speed.
+
+    A learned policy in real time does not succeed every time: the drawer sometimes stops part-way (0.10-0.15 m
+    left). One attempt failed in 5 with a core kept busy, none in 5 on an idle machine, and the test failed two
+    CI runs when it had one attempt and a re-instruction. So up to three independent attempts (both nodes
+    relaunched from the same scene; timing differs between them) must give one success: a broken pipeline
+    fails all three, a sound one all three about once in a hundred runs even at one failure in five."""
+    attempts = []
+    for _ in range(3):
+        done, summary = close_drawer_attempt(domain, probe)
+        attempts.append(summary)
+        print(f"\ntiny_D close_drawer over ROS: {summary}")
+        if done:
+            break
+    assert done, f"the drawer did not close in {len(attempts)} attempts: {attempts}"
 
 
 def test_a_killed_policy_node_leaves_the_sim_holding_position(domain: dict[str, str], probe: Probe):
