@@ -58,6 +58,11 @@ class DreamVLAConfig:
     dynamic_weight: float = 0.1
     depth_weight: float = 0.001
     semantic_weight: float = 0.01
+    # colour contrast (training only; needs the data set's colour-swapped instructions, which the train command
+    # asks for when this is > 0): on samples whose instruction names one block colour, the noise error from
+    # the true sentence must be ``colour_margin`` below the error from the sentence with another colour
+    colour_weight: float = 0.0
+    colour_margin: float = 0.02
     cfg_dropout: float = 0.1  # probability of the null condition in training
     train_steps: int = 100  # DDPM steps
     ddim_steps: int = 10
@@ -82,10 +87,12 @@ class DreamVLAConfig:
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"DreamVLAConfig.text_encoder {self.text_encoder!r} is not one of "
                              f"{sorted(TEXT_ENCODERS)}")
-        for kind in ("action", *WORLD_KINDS):
+        for kind in ("action", *WORLD_KINDS, "colour"):
             weight = getattr(self, f"{kind}_weight")
             if not isinstance(weight, (int, float)) or weight < 0:
                 raise ValueError(f"DreamVLAConfig.{kind}_weight must be a number >= 0, got {weight!r}")
+        if not isinstance(self.colour_margin, (int, float)) or self.colour_margin < 0:
+            raise ValueError(f"DreamVLAConfig.colour_margin must be a number >= 0, got {self.colour_margin!r}")
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ValueError(f"DreamVLAConfig.cfg_dropout must be in [0, 1), got {self.cfg_dropout!r}")
         if self.ddim_steps > self.train_steps:
@@ -254,20 +261,45 @@ class DreamVLA(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        feats = self.features(batch)
+        frames = batch.get("frame_tokens") or self.encode_frames(batch.get("history", batch))
+        feats = self.features({**batch, "frame_tokens": frames})
         actions = batch["actions"]  # (B, chunk, 7)
         B = actions.shape[0]
         drop = torch.rand(B, device=actions.device) < (cfg.cfg_dropout if self.training else 0.0)  # (B,)
         cond = self.dit.mask_condition(feats["action"], drop)  # (B, A, D)
         noise = torch.randn_like(actions)
         t = torch.randint(0, cfg.train_steps, (B,), device=actions.device)  # (B,)
-        pred = self.dit(self.schedule.add_noise(actions, noise, t), t, cond)  # (B, chunk, 7)
+        noisy = self.schedule.add_noise(actions, noise, t)
+        pred = self.dit(noisy, t, cond)  # (B, chunk, 7)
         terms = {"action": F.mse_loss(pred, noise)}
         terms.update(self.world_heads(feats, batch.get("targets", {}), batch.get("has_target", {})))
+        if cfg.colour_weight > 0:
+            terms.update(self._colour_contrast(batch, frames, drop, noisy, t, pred, noise))
         loss = sum(getattr(cfg, f"{name}_weight") * value for name, value in terms.items())
-        info = {name: float(terms[name].detach()) if name in terms else 0.0 for name in ("action", *WORLD_KINDS)}
-        info.update(loss=float(loss.detach()), world_terms=float(len(terms) - 1))
+        info = {name: float(terms[name].detach()) if name in terms else 0.0
+                for name in ("action", *WORLD_KINDS, *(("colour",) if cfg.colour_weight > 0 else ()))}
+        info.update(loss=float(loss.detach()), world_terms=float(sum(kind in terms for kind in WORLD_KINDS)))
         return loss, info
+
+    def _colour_contrast(self, batch: dict[str, Any], frames: dict[str, torch.Tensor], drop: torch.Tensor,
+                         noisy: torch.Tensor, t: torch.Tensor, pred: torch.Tensor, noise: torch.Tensor
+                         ) -> dict[str, torch.Tensor]:
+        """{"colour": hinge} over the rows whose instruction names a block colour (``has_neg``) and kept
+        their condition: the same frames, noisy actions and step under the colour-swapped sentence
+        (``lang_neg``) must predict the noise worse than the true sentence by ``colour_margin``. {} when no
+        row qualifies."""
+        if "lang_neg" not in batch or "has_neg" not in batch:
+            raise KeyError("colour_weight > 0 needs the data set's colour-swapped instructions ('lang_neg', "
+                           "'has_neg'): build it with colour_negatives=True")
+        rows = batch["has_neg"].to(drop.device) & ~drop  # (B,)
+        if not bool(rows.any()):
+            return {}
+        negative = self.features({"frame_tokens": {k: v[rows] for k, v in frames.items()},
+                                  "lang_emb": batch["lang_neg"][rows]})["action"]  # (R, A, D)
+        pred_neg = self.dit(noisy[rows], t[rows], negative)  # (R, chunk, 7)
+        err = (pred[rows] - noise[rows]).pow(2).mean(dim=(1, 2))  # (R,)
+        err_neg = (pred_neg - noise[rows]).pow(2).mean(dim=(1, 2))  # (R,)
+        return {"colour": F.relu(self.config.colour_margin + err - err_neg).mean()}
 
     @torch.no_grad()
     def stream_step(self, frame_tokens: dict[str, torch.Tensor], lang_emb: torch.Tensor,

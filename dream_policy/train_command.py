@@ -39,10 +39,12 @@ def _packed_datasets(cfg: Mapping[str, Any], root: Path, model_cfg: Any, device:
               "target_size": model_cfg.world.target_size}
     train = PackedWindowDataset(root, "training", normalizer=normalizer, start_repeat=int(cfg.get("start_repeat", 1)),
                                 start_frames=int(cfg.get("start_frames", 15)),
-                                pad_history=bool(cfg.get("pad_history", False)), **common)
+                                pad_history=bool(cfg.get("pad_history", False)),
+                                colour_negatives=model_cfg.colour_weight > 0, **common)
     val = None
     if has_episodes(root / "validation"):
-        val = PackedWindowDataset(root, "validation", normalizer=train.normalizer, **common)
+        val = PackedWindowDataset(root, "validation", normalizer=train.normalizer,
+                                  colour_negatives=model_cfg.colour_weight > 0, **common)
     return train, val, train.normalizer
 
 
@@ -64,9 +66,10 @@ def _datasets(cfg: Mapping[str, Any], model_cfg: Any, normalizer: Any = None) ->
     root = Path(str(cfg["data"]))
     if is_packed(root):
         return _packed_datasets(cfg, root, model_cfg, ctx.device, normalizer)
-    if int(cfg.get("start_repeat", 1)) != 1 or cfg.get("pad_history"):
-        raise ValueError(f"start_repeat={cfg.get('start_repeat', 1)}, pad_history={cfg.get('pad_history', False)} "
-                         f"need packed data (dream-policy pack data={root} out=...)")
+    if int(cfg.get("start_repeat", 1)) != 1 or cfg.get("pad_history") or model_cfg.colour_weight > 0:
+        raise ValueError(f"start_repeat={cfg.get('start_repeat', 1)}, pad_history={cfg.get('pad_history', False)}, "
+                         f"colour_weight={model_cfg.colour_weight} need packed data "
+                         f"(dream-policy pack data={root} out=...)")
     history, chunk = model_cfg.backbone.history, model_cfg.chunk
     common = {"history": history, "chunk": chunk, "forecast_n": int(cfg["forecast_n"]), "rank": rank,
               "world_size": world, "seed": int(cfg["trainer"]["seed"]), "shuffle_buffer": cfg.get("shuffle_buffer")}

@@ -124,7 +124,7 @@ def test_attempt_starts_can_be_weighted_up(packed: Path) -> None:
     last = weighted[len(weighted) - 1]  # a repeat is the same sample as its original
     index = int(np.flatnonzero((plain.samples == weighted.samples[-1]).all(axis=1))[0])
     assert torch.equal(last["actions"], plain[index]["actions"])
-    with pytest.raises(PackedDataError, match="start_repeat=2, pad_history=False need language"):
+    with pytest.raises(PackedDataError, match="start_repeat=2, pad_history=False, colour_negatives=False need language"):
         PackedWindowDataset(packed, "training", language=False, start_repeat=2, **WINDOW)
 
 
@@ -143,7 +143,7 @@ def test_padded_history_repeats_the_window_start_frame(packed: Path) -> None:
     later = int(np.flatnonzero(padded.samples[:, 0] - starts[padded.samples[:, 2]] >= WINDOW["history"])[0])
     same = int(np.flatnonzero((plain.samples == padded.samples[later]).all(axis=1))[0])
     torch.testing.assert_close(padded[later]["history"]["robot_obs"], plain[same]["history"]["robot_obs"])
-    with pytest.raises(PackedDataError, match="pad_history=True need"):
+    with pytest.raises(PackedDataError, match="pad_history=True, colour_negatives=False need"):
         PackedWindowDataset(packed, "training", language=False, pad_history=True, **WINDOW)
 
 
@@ -221,6 +221,6 @@ def test_start_repeat_reaches_the_packed_training_set_and_needs_packed_data(sour
                  "trainer.batch_size=2", "forecast_n=2", "start_repeat=3", "start_frames=4", "pad_history=true",
                  f"model.vision.image_size={IMAGE}", f"model.world.target_size={TARGET}"]) == 0
     assert (out / "checkpoints" / "latest").exists()
-    with pytest.raises(ValueError, match="start_repeat=3, pad_history=False need packed data"):
+    with pytest.raises(ValueError, match="start_repeat=3, pad_history=False, colour_weight=0.0 need packed data"):
         main(["train", f"data={source}", f"trainer.out_dir={tmp_path / 'plain'}", "trainer.total_steps=1",
               "start_repeat=3"])

@@ -50,6 +50,7 @@ from sim.calvin_dataset import (
     load_pickled,
 )
 
+from .colour_negatives import COLOURS, negative_table
 from .features import LANG_FEATURE, POLICY_FEATURES, dynamic_mask, moved_segment_ids, read_frame
 from .loader import ACTION_KEY, CAMERAS, PROPRIO_KEY, SCENE_KEY, TARGET_NAMES, _available, target_names
 from .normalization import STATS_FILE, Normalizer, RunningStats, clip_actions
@@ -270,6 +271,9 @@ class PackedWindowDataset(Dataset):
     the CPU loads every array there once (GPU training); on the CPU the arrays are memory-mapped.
     ``pad_history`` adds the samples anchored in the first ``history - 1`` frames of each annotated
     window, their history padded with its first frame (``windows.annotated_samples``).
+    ``colour_negatives`` adds to each sample ``lang_neg`` (the embedding of its instruction with another block
+    colour; ``text_encoder``, default MiniLM, embeds them once) and ``has_neg`` (False where the instruction
+    names no single colour), for the model's colour-contrast loss (``colour_negatives.py``).
     ``start_repeat`` > 1 repeats the samples anchored in the first ``start_frames`` frames of their
     annotated window that many times (``windows.repeat_attempt_starts``).
     """
@@ -278,7 +282,7 @@ class PackedWindowDataset(Dataset):
                  forecast_n: int = 0, language: bool = True, normalizer: Normalizer | None = None,
                  device: str | torch.device = "cpu", image_size: int | None = None,
                  target_size: int | None = None, start_repeat: int = 1, start_frames: int = 15,
-                 pad_history: bool = False) -> None:
+                 pad_history: bool = False, colour_negatives: bool = False, text_encoder: Any = None) -> None:
         super().__init__()
         self.root = Path(root) / split if split else Path(root)
         self.meta = read_meta(self.root)
@@ -302,9 +306,9 @@ class PackedWindowDataset(Dataset):
             windows = [(int(s), int(e)) for s, e in lang["info"]["indx"]]
             self.samples = repeat_attempt_starts(annotated_samples(episodes, windows, self.spec, pad_history),
                                                  windows, start_frames, start_repeat)
-        elif start_repeat != 1 or pad_history:
-            raise PackedDataError(f"{self.root}: start_repeat={start_repeat}, pad_history={pad_history} need "
-                                  f"language-annotated samples")
+        elif start_repeat != 1 or pad_history or colour_negatives:
+            raise PackedDataError(f"{self.root}: start_repeat={start_repeat}, pad_history={pad_history}, "
+                                  f"colour_negatives={colour_negatives} need language-annotated samples")
         else:
             self.samples = episode_samples(episodes, self.spec)
         if not len(self.samples):
@@ -328,9 +332,26 @@ class PackedWindowDataset(Dataset):
             self._first_rows = torch.from_numpy(row_of[first_frames(self.samples, episodes, windows)]).to(self.device)
         self._meta_cols = torch.from_numpy(self.samples).to(self.device)
         self._lang = None if self.lang_emb is None else torch.from_numpy(self.lang_emb).to(self.device)
+        self._negatives: tuple[torch.Tensor, torch.Tensor] | None = None
+        if colour_negatives:
+            self._negatives = self._embed_negatives([str(a) for a in lang["language"]["ann"]], text_encoder)
         self._arrays: dict[str, torch.Tensor] | None = None
         if self.device.type != "cpu":
             self._load()
+
+    def _embed_negatives(self, sentences: list[str], text_encoder: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings (M, 384) of the distinct colour-swapped sentences, per annotation the row of its first
+        one or -1)."""
+        negatives, first = negative_table(sentences)
+        if text_encoder is None:
+            from dream_policy.encoders import MiniLMTextEncoder
+
+            text_encoder = MiniLMTextEncoder()
+        embeddings = text_encoder.encode(negatives).float() if negatives else torch.zeros(0, *LANG_FEATURE.shape)
+        if embeddings.shape != (len(negatives), *LANG_FEATURE.shape):
+            raise PackedDataError(f"{self.root}: the text encoder gave {tuple(embeddings.shape)} for "
+                                  f"{len(negatives)} sentences, expected (N, {LANG_FEATURE.shape[0]}) like the data's")
+        return embeddings.to(self.device), torch.tensor(first, dtype=torch.long, device=self.device)
 
     def _check_sizes(self, image_size: int | None, target_size: int | None) -> None:
         for name, want in (("image_size", image_size), ("target_size", target_size)):
@@ -394,6 +415,11 @@ class PackedWindowDataset(Dataset):
             if bool((ann == NO_ANN).any()):
                 raise PackedDataError("a language sample without annotation index")
             out["lang_emb"] = self._lang[ann]
+            if self._negatives is not None:  # one of the swapped colours, alternating with the sample index
+                embeddings, first = self._negatives
+                out["has_neg"] = first[ann] >= 0
+                pick = first[ann].clamp(min=0) + idx % (len(COLOURS) - 1)
+                out["lang_neg"] = embeddings[pick] if len(embeddings) else torch.zeros_like(out["lang_emb"])
         out["history"] = history
         out["actions"] = clip_actions(self._take(arrays[ACTION_KEY], acts))
         future = rows + spec.forecast_n  # depth and segmentation of the forecast frame; a dynamic
