@@ -20,7 +20,6 @@ gives the same chunks whatever it is told.
 from __future__ import annotations
 
 import argparse
-import re
 from collections import defaultdict
 
 import numpy as np
@@ -28,23 +27,20 @@ import torch
 from tqdm import tqdm
 
 from dream_policy.checkpoint import load_normalization
+from dream_policy.data.colour_negatives import swapped_colours
 from dream_policy.data.normalization import Normalizer
 from dream_policy.data.packed import PackedWindowDataset
 from dream_policy.model import DreamVLA
 from sim.calvin_dataset import LANG_FILE, load_pickled
 from sim.language import embed_sentences
 
-COLOURS = ("red", "blue", "pink")
 VARIANTS = ("resample", "colour", "other")
 
 
 def swap_colour(sentence: str) -> str | None:
     """The sentence with its one block colour replaced by the next one; None unless exactly one is named."""
-    found = re.findall(r"\b(red|blue|pink)\b", sentence)
-    if len(found) != 1:
-        return None
-    colour = found[0]
-    return re.sub(rf"\b{colour}\b", COLOURS[(COLOURS.index(colour) + 1) % len(COLOURS)], sentence)
+    swapped = swapped_colours(sentence)
+    return swapped[0] if swapped else None
 
 
 def family(task: str) -> str:
