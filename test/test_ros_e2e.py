@@ -171,8 +171,8 @@ def test_the_shipped_checkpoint_closes_the_drawer_over_ros(domain: dict[str, str
     /clock, as one would slow Gazebo on a weak machine: on these 2 shared cores an inference beside the
     rendering sim takes 30-65 ms, most of a 3-action chunk at full speed.
 
-    A learned policy in real time does not succeed every time: the drawer sometimes stops part-way (0.10-0.15 m
-    left). One attempt failed in 5 with a core kept busy, none in 5 on an idle machine, and the test failed two
+    A learned policy in real time does not succeed every time: the drawer sometimes stops part-way (still 0.10-0.15 m
+    open). One attempt failed in 5 with a core kept busy, none in 5 on an idle machine, and the test failed two
     CI runs when it had one attempt and a re-instruction. So up to three independent attempts (both nodes
     relaunched from the same scene; timing differs between them) must give one success: a broken pipeline
     fails all three, a sound one all three about once in a hundred runs even at one failure in five."""
