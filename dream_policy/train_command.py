@@ -25,11 +25,22 @@ def has_episodes(split: Path) -> bool:
     return False
 
 
-def _packed_datasets(cfg: Mapping[str, Any], root: Path, model_cfg: Any, device: torch.device,
+def data_roots(data: Any) -> list[Path]:
+    """``data=DIR`` or, for packed data, ``data=[DIR,DIR,...]`` (their samples pooled)."""
+    if isinstance(data, (str, Path)):
+        return [Path(data)]
+    roots = [Path(str(d)) for d in data]
+    if not roots:
+        raise ValueError("data=[] names no data set")
+    return roots
+
+
+def _packed_datasets(cfg: Mapping[str, Any], roots: list[Path], model_cfg: Any, device: torch.device,
                      normalizer: Any = None) -> tuple[Any, Any, Any]:
-    """Datasets from a packed copy (``dream-policy pack``), on the training device when it is a GPU
-    and ``data_device`` is auto (every batch is then a few gathers on the GPU)."""
-    from dream_policy.data.packed import PackedWindowDataset
+    """Datasets from packed copies (``dream-policy pack``), on the training device when it is a GPU
+    and ``data_device`` is auto (every batch is then a few gathers on the GPU). Several roots are
+    pooled (``PackedUnion``) and normalised with ``normalizer`` or the first root's statistics."""
+    from dream_policy.data.packed import PackedUnion, PackedWindowDataset
 
     where = str(cfg.get("data_device") or "auto")
     if where not in ("auto", "cpu"):
@@ -37,15 +48,21 @@ def _packed_datasets(cfg: Mapping[str, Any], root: Path, model_cfg: Any, device:
     common = {"history": model_cfg.backbone.history, "chunk": model_cfg.chunk, "forecast_n": int(cfg["forecast_n"]),
               "device": device if where == "auto" else "cpu", "image_size": model_cfg.vision.image_size,
               "target_size": model_cfg.world.target_size}
-    train = PackedWindowDataset(root, "training", normalizer=normalizer, start_repeat=int(cfg.get("start_repeat", 1)),
-                                start_frames=int(cfg.get("start_frames", 15)),
-                                pad_history=bool(cfg.get("pad_history", False)),
-                                colour_negatives=model_cfg.colour_weight > 0, **common)
-    val = None
-    if has_episodes(root / "validation"):
-        val = PackedWindowDataset(root, "validation", normalizer=train.normalizer,
-                                  colour_negatives=model_cfg.colour_weight > 0, **common)
-    return train, val, train.normalizer
+    train_parts, val_parts = [], []
+    for root in roots:
+        train_parts.append(PackedWindowDataset(
+            root, "training", normalizer=normalizer, start_repeat=int(cfg.get("start_repeat", 1)),
+            start_frames=int(cfg.get("start_frames", 15)), pad_history=bool(cfg.get("pad_history", False)),
+            colour_negatives=model_cfg.colour_weight > 0, **common))
+        normalizer = train_parts[0].normalizer
+        if has_episodes(root / "validation"):
+            val_parts.append(PackedWindowDataset(root, "validation", normalizer=normalizer,
+                                                 colour_negatives=model_cfg.colour_weight > 0, **common))
+    if len(roots) > 1:
+        say("pooled: " + ", ".join(f"{root} ({len(part)} samples)" for root, part in zip(roots, train_parts)))
+    train = train_parts[0] if len(train_parts) == 1 else PackedUnion(train_parts)
+    val = None if not val_parts else val_parts[0] if len(val_parts) == 1 else PackedUnion(val_parts)
+    return train, val, normalizer
 
 
 def say(message: str) -> None:
@@ -63,9 +80,13 @@ def _datasets(cfg: Mapping[str, Any], model_cfg: Any, normalizer: Any = None) ->
 
     ctx = init_distributed()
     rank, world = ctx.rank, ctx.world_size
-    root = Path(str(cfg["data"]))
-    if is_packed(root):
-        return _packed_datasets(cfg, root, model_cfg, ctx.device, normalizer)
+    roots = data_roots(cfg["data"])
+    if all(is_packed(r) for r in roots):
+        return _packed_datasets(cfg, roots, model_cfg, ctx.device, normalizer)
+    if len(roots) > 1:
+        raise ValueError(f"data={[str(r) for r in roots]}: several data sets must all be packed "
+                         f"(dream-policy pack data=DIR out=...)")
+    root = roots[0]
     if int(cfg.get("start_repeat", 1)) != 1 or cfg.get("pad_history") or model_cfg.colour_weight > 0:
         raise ValueError(f"start_repeat={cfg.get('start_repeat', 1)}, pad_history={cfg.get('pad_history', False)}, "
                          f"colour_weight={model_cfg.colour_weight} need packed data "

@@ -31,6 +31,7 @@ from sim.calvin_dataset import (
     frame_file,
 )
 from sim.chains import task_names
+from sim.controller import relative_to_target
 from sim.language import EMBEDDING_DIM, embed_sentences
 from sim.policy import Policy, make_policy
 from sim.scene_config import SCENES, SceneConfig
@@ -56,7 +57,8 @@ class Oracle(Protocol):
     def succeeded(self, task: str, start: Snapshot, current: Snapshot) -> bool: ...
 
 
-LABEL_MODES = ("calvin", "attempt")  # how a successful attempt's frames get its instruction (label_span)
+LABEL_MODES = ("calvin", "attempt")
+COLLECT_POLICIES = ("expert", "checkpoint")  # how a successful attempt's frames get its instruction (label_span)
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,16 @@ class CollectConfig:
     validation_fraction: float = 0.1
     window: int = 64
     label: str = "calvin"
+    policy: str = "expert"  # expert, or checkpoint: DAgger data (sim/dagger.py), needs ckpt
+    ckpt: str | None = None
+    expert_share: float = 0.3  # policy=checkpoint: the share of stretches the expert drives
+    segment: int = 20  # policy=checkpoint: steps per stretch
+    task_steps: int = MAX_TASK_STEPS  # steps before an attempt is given up
 
     def __post_init__(self) -> None:
         if self.scene not in SCENES:
             raise ValueError(f"collect: scene {self.scene!r} is not one of {list(SCENES)}")
-        for name in ("num_episodes", "episode_len", "workers", "window"):
+        for name in ("num_episodes", "episode_len", "workers", "window", "segment", "task_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"collect: {name} must be an integer >= 1, got {value!r}")
@@ -87,6 +94,12 @@ class CollectConfig:
             raise ValueError(f"collect: action_noise must be >= 0, got {self.action_noise!r}")
         if self.label not in LABEL_MODES:
             raise ValueError(f"collect: label must be one of {list(LABEL_MODES)}, got {self.label!r}")
+        if self.policy not in COLLECT_POLICIES:
+            raise ValueError(f"collect: policy must be one of {list(COLLECT_POLICIES)}, got {self.policy!r}")
+        if self.policy == "checkpoint" and not self.ckpt:
+            raise ValueError("collect: policy=checkpoint needs ckpt=PATH (the learner that drives)")
+        if not 0 <= self.expert_share <= 1:
+            raise ValueError(f"collect: expert_share must be in [0, 1], got {self.expert_share!r}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"collect: validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
 
@@ -100,8 +113,20 @@ class CollectConfig:
 
     def episode_settings(self) -> dict[str, Any]:
         """The settings a recorded episode depends on (must not change when resuming)."""
-        return {"scene": self.scene, "episode_len": self.episode_len, "seed": self.seed,
-                "action_noise": float(self.action_noise)}
+        settings = {"scene": self.scene, "episode_len": self.episode_len, "seed": self.seed,
+                    "action_noise": float(self.action_noise)}
+        if self.policy != "expert" or self.task_steps != MAX_TASK_STEPS:
+            settings.update(policy=self.policy, ckpt=self.ckpt, expert_share=float(self.expert_share),
+                            segment=self.segment, task_steps=self.task_steps)
+        return settings
+
+    def policy_factory(self) -> PolicyFactory:
+        """Who drives: the scripted expert, or (``policy=checkpoint``) a learner labelled by it."""
+        if self.policy == "expert":
+            return expert_policy
+        from sim.dagger import labelled_policy_factory
+
+        return labelled_policy_factory(str(self.ckpt), self.expert_share, self.segment)
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,7 @@ class Attempt:
     end: int
     succeeded: bool
     sentence: str | None = None
+    relabelled: bool = False  # every frame carries the expert's action (DAgger): annotate it whatever the outcome
 
 
 # ---- one episode ------------------------------------------------------------------------------
@@ -154,10 +180,16 @@ class Rollout:
         self.frame = 0
 
     def step(self, instruction: str) -> None:
+        """Send the policy's action; record it, or the policy's ``label`` for this step if it has one
+        (the expert's action while a learner drives: ``sim/dagger.py``)."""
+        target = (self.env.target_pos, self.env.target_euler)
         rel = sent_action(self.policy.step(self.obs, instruction))
+        label = getattr(self.policy, "label", None)
+        recorded = rel if label is None else sent_action(label)
         next_obs, _, _, _, info = self.env.step(rel)
-        absolute = np.concatenate([self.env.target_pos, self.env.target_euler, rel[6:]])
-        self.sink(self.frame, {**self.obs, "actions": absolute, "rel_actions": rel})
+        pos, euler = relative_to_target(*target, recorded)
+        absolute = np.concatenate([pos, euler, recorded[6:]])
+        self.sink(self.frame, {**self.obs, "actions": absolute, "rel_actions": recorded})
         self.obs, self.snapshot = next_obs, info["snapshot"]
         self.frame += 1
 
@@ -181,13 +213,14 @@ def collect_episode(env: Any, policy: Policy, oracle: Oracle, rng: np.random.Gen
     """Play random feasible tasks until ``episode_len`` frames are recorded; every attempt made."""
     sentences = training_sentences()
     rollout = Rollout(env, policy, rng, sink)
+    relabelled = hasattr(policy, "label")
     attempts = []
     while rollout.frame < episode_len:
         task, start = choose_task(rollout.snapshot, env.cfg, rng), rollout.frame
-        if attempt_task(rollout, oracle, task, episode_len, max_task_steps):
-            attempts.append(Attempt(task, start, rollout.frame, True, str(rng.choice(sentences[task]))))
-        else:
-            attempts.append(Attempt(task, start, rollout.frame - 1, False))
+        succeeded = attempt_task(rollout, oracle, task, episode_len, max_task_steps)
+        sentence = str(rng.choice(sentences[task])) if succeeded or relabelled else None
+        end = rollout.frame if succeeded else rollout.frame - 1
+        attempts.append(Attempt(task, start, end, succeeded, sentence, relabelled))
     return attempts
 
 
@@ -225,7 +258,7 @@ def record_episode(index: int, config: CollectConfig, env: Any, policy_factory: 
     rng = episode_rng(config.seed, index)
     policy = policy_factory(config.scene, int(rng.integers(2**31)), config.action_noise)
     writer = EpisodeWriter(partial)
-    writer.finish(collect_episode(env, policy, oracle, rng, writer, config.episode_len))
+    writer.finish(collect_episode(env, policy, oracle, rng, writer, config.episode_len, config.task_steps))
     os.replace(partial, final)
     return final
 
@@ -361,9 +394,13 @@ def assemble_split(config: CollectConfig, split: str, indices: list[int],
         for local in range(meta["frames"]):
             _link_or_copy(frame_file(episode_dir(out, index), local), frame_file(folder, next_id + local))
         ep_ids.append((next_id, next_id + meta["frames"] - 1))
-        for a in filter(lambda a: a["succeeded"], meta["attempts"]):
-            begin, end = label_span(next_id + a["start"], next_id + a["end"], next_id, config.window, config.label)
-            spans.append((begin, end, a["task"], a["sentence"]))
+        for a in meta["attempts"]:
+            if a.get("relabelled") and a["end"] >= a["start"]:  # expert labels on every frame: all of it
+                spans.append((next_id + a["start"], next_id + a["end"], a["task"], a["sentence"]))
+            elif a["succeeded"]:
+                begin, end = label_span(next_id + a["start"], next_id + a["end"], next_id, config.window,
+                                        config.label)
+                spans.append((begin, end, a["task"], a["sentence"]))
         next_id += meta["frames"]
     np.save(folder / EP_IDS_FILE, np.asarray(ep_ids, dtype=np.int64).reshape(-1, 2))
     np.save(folder / SCENE_INFO_FILE, {f"calvin_scene_{config.scene}": [0, next_id - 1]} if next_id else {})
@@ -375,14 +412,14 @@ def assemble_split(config: CollectConfig, split: str, indices: list[int],
 
 # ---- entry points -----------------------------------------------------------------------------
 
-def collect(config: CollectConfig, policy_factory: PolicyFactory = expert_policy,
+def collect(config: CollectConfig, policy_factory: PolicyFactory | None = None,
             oracle: Oracle | None = None, embed: Embedder | None = None) -> dict[str, Path]:
     """Record the missing episodes, then (re)assemble both split folders; returns them by name."""
     out = Path(config.out)
     check_settings(config)
     pending = [i for i in range(config.num_episodes) if not episode_dir(out, i).is_dir()]
     if pending:
-        run_episodes(config, pending, policy_factory, oracle)
+        run_episodes(config, pending, policy_factory or config.policy_factory(), oracle)
     splits = split_episodes(config.num_episodes, config.validation_fraction, config.seed)
     stats = statistics(out, splits["training"])  # both splits normalise with the training statistics
     embed = embed or embed_sentences

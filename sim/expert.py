@@ -95,6 +95,24 @@ class ScriptedExpert:
         self._steps += 1
         return action
 
+    def replan(self) -> None:
+        """Plan afresh from the next observation (the copy of the stored target is kept)."""
+        self._plan = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the current plan has no waypoint left (or there is none yet)."""
+        return self._plan is None or self._index >= len(self._plan)
+
+    def follow(self, own: np.ndarray, sent: np.ndarray) -> None:
+        """The controller received ``sent`` instead of ``own``, the action this expert just returned
+        (another policy drove this step): move the copy of the stored target accordingly, and do
+        not count the step towards giving up on the current waypoint."""
+        own, sent = np.asarray(own, dtype=float), np.clip(np.asarray(sent, dtype=float)[:6], -1.0, 1.0)
+        self.target_pos = self.target_pos + (sent[:3] - own[:3]) * POS_SCALE
+        self.target_euler = self.target_euler + (sent[3:6] - own[3:6]) * ORN_SCALE
+        self._steps = max(self._steps - 1, 0)
+
     def _limit_lead(self, move: np.ndarray, tcp: np.ndarray) -> np.ndarray:
         """Keep the commanded target within ``MAX_LEAD`` of the TCP: when something blocks the
         arm the target must not run ahead (it would keep shoving after the subtask is done)."""

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from dream_policy.data.loader import TARGET_NAMES, CalvinWindowDataset
 from dream_policy.data.packed import (
     PackedDataError,
+    PackedUnion,
     PackedWindowDataset,
     is_packed,
     pack_dataset,
@@ -186,6 +187,53 @@ def test_train_command_trains_on_packed_data(packed: Path, tmp_path: Path) -> No
     world = [float(r["value"]) for r in rows if r["split"] == "train" and r["metric"] == "world_terms"]
     assert world and all(w == 3 for w in world)  # dynamic, depth and semantic targets all reached the loss
     assert (out / "checkpoints" / "latest").exists() or any((out / "checkpoints").glob("step_*"))
+
+
+def test_a_union_serves_each_part_in_turn(packed: Path) -> None:
+    train = PackedWindowDataset(packed, "training", **WINDOW)
+    val = PackedWindowDataset(packed, "validation", normalizer=train.normalizer, **WINDOW)
+    union = PackedUnion([train, val])
+    assert len(union) == len(train) + len(val) and union.normalizer is train.normalizer
+    picks = [0, len(train) - 1, len(train), len(union) - 1, 3]
+    batch = union.__getitems__(picks)
+    assert batch["sample_id"].tolist() == sorted(picks, key=lambda i: i >= len(train))  # grouped by part
+    for row, i in enumerate(batch["sample_id"].tolist()):
+        one = train[i] if i < len(train) else val[i - len(train)]
+        assert int(batch["frame_id"][row]) == one["frame_id"]
+        assert torch.equal(batch["history"]["rgb_static"][row], one["history"]["rgb_static"])
+        assert torch.equal(batch["actions"][row], one["actions"])
+        assert torch.equal(batch["targets"]["seg_gripper"][row], one["targets"]["seg_gripper"])
+        torch.testing.assert_close(batch["lang_emb"][row], one["lang_emb"])
+    batches = list(DataLoader(union, batch_size=7, shuffle=True, collate_fn=union.collate,
+                              generator=torch.Generator().manual_seed(0)))
+    assert sorted(torch.cat([b["sample_id"] for b in batches]).tolist()) == list(range(len(union)))
+    with pytest.raises(IndexError, match="out of range"):
+        union.__getitems__([len(union)])
+
+
+def test_a_union_refuses_parts_that_do_not_fit(packed: Path) -> None:
+    train = PackedWindowDataset(packed, "training", **WINDOW)
+    with pytest.raises(PackedDataError, match="pack both alike"):
+        PackedUnion([train, PackedWindowDataset(packed, "validation", normalizer=train.normalizer,
+                                                **{**WINDOW, "chunk": 2})])
+    with pytest.raises(PackedDataError, match="one normaliser"):
+        PackedUnion([train, PackedWindowDataset(packed, "validation", **WINDOW)])
+    with pytest.raises(PackedDataError, match="at least one"):
+        PackedUnion([])
+
+
+def test_train_command_pools_several_packed_sets(packed: Path, source: Path, tmp_path: Path, capsys) -> None:
+    from dream_policy.cli import main
+
+    out = tmp_path / "run"
+    args = [f"trainer.out_dir={out}", "trainer.total_steps=2", "trainer.batch_size=4", "trainer.warmup_steps=1",
+            "trainer.log_every=1", "forecast_n=2", f"model.vision.image_size={IMAGE}",
+            f"model.world.target_size={TARGET}"]
+    assert main(["train", f"data=[{packed},{packed}]", *args]) == 0
+    pooled = PackedWindowDataset(packed, "training", **WINDOW)
+    assert f"{packed} ({len(pooled)} samples), {packed} ({len(pooled)} samples)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="must all be packed"):
+        main(["train", f"data=[{packed},{source}]", f"trainer.out_dir={tmp_path / 'b'}", "trainer.total_steps=1"])
 
 
 def test_train_command_names_a_packed_size_mismatch(packed: Path, tmp_path: Path) -> None:

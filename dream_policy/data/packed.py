@@ -443,6 +443,62 @@ class PackedWindowDataset(Dataset):
         return state
 
 
+class PackedUnion(Dataset):
+    """Several packed data sets served as one (e.g. expert demonstrations plus DAgger data): sample
+    ``i`` is the first set's ``i``, then the second's, and so on. The parts must give the same
+    batch layout (same history, chunk, targets) and share one normaliser."""
+
+    def __init__(self, parts: Sequence[PackedWindowDataset]) -> None:
+        super().__init__()
+        if not parts:
+            raise PackedDataError("a union of packed data sets needs at least one")
+        first = parts[0]
+        for part in parts[1:]:
+            if part.spec != first.spec or part.target_names != first.target_names:
+                raise PackedDataError(f"{part.root} gives {part.spec} with targets {part.target_names}, "
+                                      f"{first.root} {first.spec} with {first.target_names}: pack both alike")
+            if part.normalizer is not first.normalizer:
+                raise PackedDataError(f"{part.root}: the parts of a union must share one normaliser")
+            if (part._negatives is None) != (first._negatives is None):
+                raise PackedDataError(f"{part.root}: colour negatives on some parts only")
+        self.parts = list(parts)
+        self.normalizer = first.normalizer
+        self.offsets = np.cumsum([0] + [len(part) for part in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    collate = staticmethod(PackedWindowDataset.collate)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return _unbatch(self.__getitems__([index]))
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        idx = np.asarray(list(indices), dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"sample index out of range [0, {len(self)}): {list(indices)}")
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        batches = [self.parts[k].__getitems__((idx[which == k] - self.offsets[k]).tolist())
+                   for k in range(len(self.parts)) if np.any(which == k)]
+        for k, batch in zip([k for k in range(len(self.parts)) if np.any(which == k)], batches):
+            batch["sample_id"] = batch["sample_id"] + int(self.offsets[k])
+        return _concat(batches)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _concat(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batches with the same keys joined along the first dimension (nested dicts key by key)."""
+    out: dict[str, Any] = {}
+    for key, value in batches[0].items():
+        if isinstance(value, dict):
+            out[key] = _concat([b[key] for b in batches])
+        else:
+            out[key] = torch.cat([b[key].to(value.device) for b in batches])
+    return out
+
+
 def _unbatch(batch: dict[str, Any]) -> dict[str, Any]:
     """The only sample of a batch of one, with ints and bools as Python values (like the loader's)."""
     out: dict[str, Any] = {}
