@@ -195,14 +195,15 @@ class Rollout:
 
 
 def attempt_task(rollout: Rollout, oracle: Oracle, task: str, episode_len: int,
-                 max_steps: int = MAX_TASK_STEPS) -> bool:
-    """Run the policy on ``task`` until the oracle reports success within the recorded frames."""
+                 max_steps: int = MAX_TASK_STEPS, instruction: str | None = None) -> bool:
+    """Run the policy on ``task`` (told ``instruction``, default the task's name) until the oracle
+    reports success within the recorded frames."""
     rollout.policy.reset()
     start = rollout.snapshot
     for _ in range(max_steps):
         if rollout.frame >= episode_len:
             return False
-        rollout.step(task)
+        rollout.step(instruction or task)
         if oracle.succeeded(task, start, rollout.snapshot):
             return rollout.frame < episode_len  # the success frame itself must be recorded
     return False
@@ -217,8 +218,12 @@ def collect_episode(env: Any, policy: Policy, oracle: Oracle, rng: np.random.Gen
     attempts = []
     while rollout.frame < episode_len:
         task, start = choose_task(rollout.snapshot, env.cfg, rng), rollout.frame
-        succeeded = attempt_task(rollout, oracle, task, episode_len, max_task_steps)
-        sentence = str(rng.choice(sentences[task])) if succeeded or relabelled else None
+        if relabelled:  # a learner drives: it is told a sentence, as in evaluation, not the task's name
+            sentence = str(rng.choice(sentences[task]))
+            succeeded = attempt_task(rollout, oracle, task, episode_len, max_task_steps, instruction=sentence)
+        else:
+            succeeded = attempt_task(rollout, oracle, task, episode_len, max_task_steps)
+            sentence = str(rng.choice(sentences[task])) if succeeded else None
         end = rollout.frame if succeeded else rollout.frame - 1
         attempts.append(Attempt(task, start, end, succeeded, sentence, relabelled))
     return attempts

@@ -52,21 +52,29 @@ def expert_drives(rng: np.random.Generator, share: float) -> bool:
 
 class ExpertLabelledPolicy:
     """The learner acts (the expert for random stretches of ``segment`` steps, a ``expert_share``
-    of them); ``label`` is the expert's action for the latest step, whoever drove.
+    of them); ``label`` is the ``teacher``'s action for the latest step, whoever drove.
 
-    The expert keeps tracking its waypoints from wherever the arm is: its copy of the controller's
-    stored target follows the actions actually sent (``ScriptedExpert.follow``), steps the learner
-    drives do not count towards giving up on a waypoint, and a lift or rotation re-plans when the
-    learner has knocked its block away.
+    Two copies of the expert with the same plans track the waypoints from wherever the arm is. The
+    one that drives (``expert``) keeps its copy of the controller's stored target equal to the real
+    one (``ScriptedExpert.follow`` with the actions actually sent), so its stretches move the arm as
+    the expert would. The one that labels (``teacher``) keeps its own target, as if it had driven
+    all along (at most ``MAX_LEAD`` ahead of the arm): the stored target is not observable, and a
+    label computed on the learner's target (often far behind or ahead) would be a correction of a
+    size the policy cannot predict from what it sees, unlike the expert's own demonstrations. For
+    both, steps the learner drives do not count towards giving up on a waypoint, waypoints the arm
+    already got past are skipped (``ScriptedExpert.catch_up``: a label must not send the arm back
+    to the start of a path it cut short), and a lift or rotation re-plans when the learner has
+    knocked its block away.
     """
 
     def __init__(self, learner: Policy, expert: ScriptedExpert, rng: np.random.Generator,
-                 expert_share: float = 0.3, segment: int = 20) -> None:
+                 expert_share: float = 0.3, segment: int = 20, teacher: ScriptedExpert | None = None) -> None:
         if not 0.0 <= expert_share <= 1.0:
             raise ValueError(f"expert_share must be in [0, 1], got {expert_share!r}")
         if segment < 1:
             raise ValueError(f"segment must be >= 1, got {segment!r}")
         self.learner, self.expert, self.rng = learner, expert, rng
+        self.teacher = teacher if teacher is not None else ScriptedExpert(expert.cfg, np.random.default_rng(0))
         self.expert_share, self.segment = expert_share, segment
         self.label: np.ndarray | None = None
         self.reset()
@@ -74,6 +82,7 @@ class ExpertLabelledPolicy:
     def reset(self) -> None:
         self.learner.reset()
         self.expert.reset()
+        self.teacher.reset()
         self._left, self._expert_drives = 0, False
         self._planned_scene: np.ndarray | None = None
         self.label = None
@@ -81,19 +90,25 @@ class ExpertLabelledPolicy:
     def step(self, obs: dict[str, np.ndarray], instruction: str) -> np.ndarray:
         task = instruction if instruction in TASK_NAMES else task_for_sentence(instruction)
         scene_obs = np.asarray(obs["scene_obs"])
-        stale = self._planned_scene is None or self.expert.finished
-        if stale or block_moved(task, self._planned_scene, scene_obs, obs["robot_obs"][:3]):
+        tcp = np.asarray(obs["robot_obs"][:3])
+        stale = self._planned_scene is None or self.expert.finished or self.teacher.finished
+        if stale or block_moved(task, self._planned_scene, scene_obs, tcp):
             self.expert.replan()
+            self.teacher.replan()
             self._planned_scene = scene_obs.copy()
-        label = np.asarray(self.expert.step(obs, instruction), dtype=float)
+        self.expert.catch_up(tcp)  # past what the learner already did
+        self.teacher.catch_up(tcp)
+        driving = np.asarray(self.expert.step(obs, instruction), dtype=float)
+        label = np.asarray(self.teacher.step(obs, instruction), dtype=float)
         learned = np.asarray(self.learner.step(obs, instruction), dtype=float)
         if self._left == 0:
             self._expert_drives, self._left = expert_drives(self.rng, self.expert_share), self.segment
         self._left -= 1
         self.label = label
         if self._expert_drives:
-            return label
-        self.expert.follow(label, learned)
+            return driving
+        self.expert.follow(driving, learned)
+        self.teacher.follow(label, label)  # its own target stays; the step is not its own
         return learned
 
 
@@ -101,9 +116,11 @@ def make_labelled_policy(scene: str, seed: int, noise: float, *, ckpt: str, expe
                          segment: int = 20, cache: str = "none") -> ExpertLabelledPolicy:
     """The collector's policy factory for DAgger data (``functools.partial`` it with the options)."""
     rng = np.random.default_rng(seed)
-    expert = ScriptedExpert(scene=scene, rng=np.random.default_rng(int(rng.integers(2**31))), noise=noise)
+    plans = int(rng.integers(2**31))  # both copies draw the same plans
+    expert = ScriptedExpert(scene=scene, rng=np.random.default_rng(plans), noise=noise)
+    teacher = ScriptedExpert(scene=scene, rng=np.random.default_rng(plans))
     learner = make_policy("checkpoint", ckpt=ckpt, cache=cache)
-    return ExpertLabelledPolicy(learner, expert, rng, expert_share=expert_share, segment=segment)
+    return ExpertLabelledPolicy(learner, expert, rng, expert_share=expert_share, segment=segment, teacher=teacher)
 
 
 def labelled_policy_factory(ckpt: str, expert_share: float, segment: int,

@@ -104,6 +104,22 @@ class ScriptedExpert:
         """Whether the current plan has no waypoint left (or there is none yet)."""
         return self._plan is None or self._index >= len(self._plan)
 
+    def catch_up(self, tcp: np.ndarray) -> int:
+        """Skip waypoints another policy has already got past (the arm is nearer the next waypoint
+        than the current one is to it), so labels never send the arm back to a point it skipped.
+        Grasps and releases happen in place (a waypoint at the same position with the gripper
+        changed, a gap of zero), so they are never skipped. Returns how many were skipped."""
+        skipped = 0
+        while self._plan is not None and self._index + 1 < len(self._plan):
+            here, nxt = self._plan[self._index], self._plan[self._index + 1]
+            gap = np.linalg.norm(np.asarray(nxt.pos) - np.asarray(here.pos))
+            if np.linalg.norm(np.asarray(tcp) - np.asarray(nxt.pos)) >= gap:
+                break
+            self._index, self._steps, self._waited = self._index + 1, 0, 0
+            self._offset = np.zeros(3)
+            skipped += 1
+        return skipped
+
     def follow(self, own: np.ndarray, sent: np.ndarray) -> None:
         """The controller received ``sent`` instead of ``own``, the action this expert just returned
         (another policy drove this step): move the copy of the stored target accordingly, and do

@@ -41,7 +41,8 @@ def env():
 
 def labelled(share: float, segment: int = 5, seed: int = 0) -> ExpertLabelledPolicy:
     expert = ScriptedExpert("D", rng=np.random.default_rng(seed))
-    return ExpertLabelledPolicy(ConstantLearner(), expert, np.random.default_rng(seed), share, segment)
+    teacher = ScriptedExpert("D", rng=np.random.default_rng(seed))
+    return ExpertLabelledPolicy(ConstantLearner(), expert, np.random.default_rng(seed), share, segment, teacher)
 
 
 def test_named_block_and_a_knocked_block_trigger_a_new_plan():
@@ -88,7 +89,9 @@ def test_the_learner_drives_and_the_expert_labels_from_where_the_arm_is(env):
         np.testing.assert_allclose(policy.expert.target_pos, env.target_pos, atol=1e-9)
         np.testing.assert_allclose(policy.expert.target_euler[:2], env.target_euler[:2], atol=1e-9)
     assert policy.learner.steps == 30
-    assert policy.expert._steps == 0
+    assert policy.expert._steps == 0 and policy.teacher._steps == 0
+    # the teacher's own target stays within the expert's lead of the arm, wherever the learner took it
+    assert np.linalg.norm(policy.teacher.target_pos - obs["robot_obs"][:3]) < 0.05
     labels = np.array(labels)
     assert np.all(labels[:, 6] == 1.0)  # the expert would keep the gripper open on the way to the handle
     assert np.abs(labels[:, :3]).max() > 0.1  # and it would move (towards its waypoint, not with the learner)
@@ -101,8 +104,10 @@ def test_the_expert_drives_its_stretches(env):
     policy.reset()
     for _ in range(10):
         sent = policy.step(obs, "turn_on_led")
-        np.testing.assert_array_equal(sent, policy.label)
+        assert not np.array_equal(sent, LEARNED) and sent[6] == policy.label[6]
         obs, *_ = env.step(sent)
+        np.testing.assert_allclose(policy.expert.target_pos, env.target_pos, atol=1e-9)
+    np.testing.assert_allclose(policy.teacher.target_pos, policy.expert.target_pos, atol=1e-9)  # same from the start
     assert policy.learner.steps == 10  # the learner still sees every frame (its history stays whole)
 
 
@@ -113,7 +118,7 @@ def test_stretches_alternate_with_the_share(env):
     drivers = []
     for _ in range(200):
         sent = policy.step(obs, "move_slider_left")
-        drivers.append(bool(np.array_equal(sent, policy.label) and not np.array_equal(sent, LEARNED)))
+        drivers.append(not np.array_equal(sent, LEARNED))
         obs, *_ = env.step(sent)
     blocks = np.array(drivers).reshape(-1, 4)
     assert np.all(blocks == blocks[:, :1])  # one driver per stretch of 4
@@ -124,11 +129,13 @@ class LabellingPolicy:
     """Sends one action, labels another: the collector must record the label."""
 
     label = np.array([0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0])
+    told: list[str] = []
 
     def reset(self) -> None:
         pass
 
     def step(self, obs: dict, instruction: str) -> np.ndarray:
+        self.told.append(instruction)
         return np.array([0.4, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
 
 
@@ -148,6 +155,9 @@ def test_collect_records_labels_and_annotates_failed_attempts(tmp_path: Path):
     assert [(a["start"], a["end"], a["succeeded"], a["relabelled"]) for a in meta["attempts"]] == [
         (0, 3, False, True), (4, 7, False, True), (8, 8, False, True)]
     assert all(a["sentence"] for a in meta["attempts"])
+    # the learner is told the sentence the attempt is annotated with, as in evaluation (not the task name)
+    assert LabellingPolicy.told[:4] == [meta["attempts"][0]["sentence"]] * 4
+    assert LabellingPolicy.told[4:8] == [meta["attempts"][1]["sentence"]] * 4
     train = CalvinDataset(folders["training"])
     assert train.annotations()["info"]["indx"] == [(0, 3), (4, 7), (8, 8)]  # every attempt, whole
     frames = [np.load(frame_file(folders["training"], i)) for i in range(9)]
@@ -184,3 +194,22 @@ def test_dagger_settings_are_checked_and_kept_apart(tmp_path: Path):
     assert dagger["ckpt"] == "runs/a" and dagger["expert_share"] == 0.3
     factory = CollectConfig(policy="checkpoint", ckpt="runs/a", expert_share=0.5, segment=7).policy_factory()
     assert factory.keywords == {"ckpt": "runs/a", "expert_share": 0.5, "segment": 7, "cache": "none"}
+
+
+def test_catch_up_skips_waypoints_the_arm_got_past_but_never_a_gripper_change(env):
+    obs, _ = env.reset(seed=6)
+    expert = ScriptedExpert("D", rng=np.random.default_rng(0))
+    expert.step(obs, "turn_on_led")  # rise, travel over the button, above it, press, back up
+    plan = expert._plan
+    assert expert.catch_up(obs["robot_obs"][:3]) == 0  # where it started: nothing is behind it
+    assert expert.catch_up(np.asarray(plan[1].pos)) == 1 and expert._index == 1  # at the travel point
+    assert expert.catch_up(np.asarray(plan[3].pos)) == 2 and expert._index == 3  # already pressing
+    assert expert.catch_up(np.asarray(plan[3].pos)) == 0
+
+    obs, _ = env.reset(seed=6)
+    expert = ScriptedExpert("D", rng=np.random.default_rng(0))
+    expert.step(obs, "lift_red_block_table")  # ... down to the block (open), close, lift
+    plan = expert._plan
+    close = next(i for i, wp in enumerate(plan) if not wp.open)
+    expert.catch_up(np.asarray(plan[close].pos))
+    assert expert._index == close - 1  # at the grasp point with the gripper open: it must still close
