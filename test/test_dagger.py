@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -129,7 +130,7 @@ class LabellingPolicy:
     """Sends one action, labels another: the collector must record the label."""
 
     label = np.array([0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0])
-    told: list[str] = []
+    told: ClassVar[list[str]] = []
 
     def reset(self) -> None:
         pass
