@@ -57,8 +57,8 @@ class Oracle(Protocol):
     def succeeded(self, task: str, start: Snapshot, current: Snapshot) -> bool: ...
 
 
-LABEL_MODES = ("calvin", "attempt")
-COLLECT_POLICIES = ("expert", "checkpoint")  # how a successful attempt's frames get its instruction (label_span)
+LABEL_MODES = ("calvin", "attempt")  # how a successful attempt's frames get its instruction (label_span)
+COLLECT_POLICIES = ("expert", "checkpoint")  # who drives: the expert, or a learner it labels (sim/dagger.py)
 
 
 @dataclass(frozen=True)

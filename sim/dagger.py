@@ -10,6 +10,7 @@ ckpt=PATH`` writes those labels as the data set's ``rel_actions``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from functools import partial
 
@@ -74,7 +75,7 @@ class ExpertLabelledPolicy:
         if segment < 1:
             raise ValueError(f"segment must be >= 1, got {segment!r}")
         self.learner, self.expert, self.rng = learner, expert, rng
-        self.teacher = teacher if teacher is not None else ScriptedExpert(expert.cfg, np.random.default_rng(0))
+        self.teacher = teacher if teacher is not None else copy.deepcopy(expert)  # same generator state: same plans
         self.expert_share, self.segment = expert_share, segment
         self.label: np.ndarray | None = None
         self.reset()

@@ -214,3 +214,11 @@ def test_catch_up_skips_waypoints_the_arm_got_past_but_never_a_gripper_change(en
     close = next(i for i, wp in enumerate(plan) if not wp.open)
     expert.catch_up(np.asarray(plan[close].pos))
     assert expert._index == close - 1  # at the grasp point with the gripper open: it must still close
+
+
+def test_the_default_teacher_is_an_independent_copy_with_the_same_plans():
+    expert = ScriptedExpert("D", rng=np.random.default_rng(3))
+    policy = ExpertLabelledPolicy(ConstantLearner(), expert, np.random.default_rng(0), 0.0, 5)
+    assert policy.teacher is not expert and policy.teacher.rng is not expert.rng
+    # the same generator state: plans that draw (where to put a block down) draw alike
+    assert policy.teacher.rng.random() == expert.rng.random()

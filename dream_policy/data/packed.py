@@ -478,14 +478,12 @@ class PackedUnion(Dataset):
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"sample index out of range [0, {len(self)}): {list(indices)}")
         which = np.searchsorted(self.offsets, idx, side="right") - 1
-        batches = [self.parts[k].__getitems__((idx[which == k] - self.offsets[k]).tolist())
-                   for k in range(len(self.parts)) if np.any(which == k)]
-        for k, batch in zip([k for k in range(len(self.parts)) if np.any(which == k)], batches):
+        batches = []
+        for k in np.unique(which):
+            batch = self.parts[k].__getitems__((idx[which == k] - self.offsets[k]).tolist())
             batch["sample_id"] = batch["sample_id"] + int(self.offsets[k])
+            batches.append(batch)
         return _concat(batches)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()
 
 
 def _concat(batches: list[dict[str, Any]]) -> dict[str, Any]:
