@@ -115,10 +115,14 @@ class ScriptedExpert:
             gap = np.linalg.norm(np.asarray(nxt.pos) - np.asarray(here.pos))
             if np.linalg.norm(np.asarray(tcp) - np.asarray(nxt.pos)) >= gap:
                 break
-            self._index, self._steps, self._waited = self._index + 1, 0, 0
-            self._offset = np.zeros(3)
+            self._advance()
             skipped += 1
         return skipped
+
+    def _advance(self) -> None:
+        """On to the next waypoint, with fresh step, wait and offset counts."""
+        self._index, self._steps, self._waited = self._index + 1, 0, 0
+        self._offset = np.zeros(3)
 
     def follow(self, own: np.ndarray, sent: np.ndarray) -> None:
         """The controller received ``sent`` instead of ``own``, the action this expert just returned
@@ -162,8 +166,7 @@ class ScriptedExpert:
                 self._waited += 1
                 return wp
             if reached or self._steps >= wp.max_steps:
-                self._index, self._steps, self._waited = self._index + 1, 0, 0
-                self._offset = np.zeros(3)
+                self._advance()
                 continue
             return wp
         return None
