@@ -9,6 +9,8 @@ Batch keys (``B`` batch, ``T`` history <= ``backbone.history``, views ``static``
     actions       (B, chunk, 7) float       training only: relative actions in [-1, 1]
     targets       {name: tensor}            training only, optional: the future frame's
                                             dynamic_<view>, depth_<view>, seg_<view> (or semfeat_<view>)
+    block_offset  (B, 3) float              training only, optional (``block_weight`` > 0): the block the
+    has_block     (B,) bool                 instruction names, relative to the gripper (data/named_block.py)
     has_target    {name: bool | (B,) bool}  optional flags; see ``world_heads``
 
 Observation keys may also sit under ``batch["history"]`` (the data loader's layout). The
@@ -63,6 +65,10 @@ class DreamVLAConfig:
     # the true sentence must be ``colour_margin`` below the error from the sentence with another colour
     colour_weight: float = 0.0
     colour_margin: float = 0.02
+    # named-block target (training only; packed data with scene_obs): from the action queries' features, a
+    # small head predicts where the block the instruction names is relative to the gripper (MSE, units of
+    # data.named_block.SCALE), so the features that condition the action head must find that block
+    block_weight: float = 0.0
     cfg_dropout: float = 0.1  # probability of the null condition in training
     train_steps: int = 100  # DDPM steps
     ddim_steps: int = 10
@@ -87,7 +93,7 @@ class DreamVLAConfig:
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"DreamVLAConfig.text_encoder {self.text_encoder!r} is not one of "
                              f"{sorted(TEXT_ENCODERS)}")
-        for kind in ("action", *WORLD_KINDS, "colour"):
+        for kind in ("action", *WORLD_KINDS, "colour", "block"):
             weight = getattr(self, f"{kind}_weight")
             if not isinstance(weight, (int, float)) or weight < 0:
                 raise ValueError(f"DreamVLAConfig.{kind}_weight must be a number >= 0, got {weight!r}")
@@ -191,6 +197,10 @@ class DreamVLA(nn.Module):
         self.backbone = Backbone(config.backbone, self.layout)
         self.world_heads = WorldHeads(config.world, width, config.views, config.dream_per_view)
         self.dit = DiT(config.dit)
+        self.block_head = None  # training only, like the world heads
+        if config.block_weight > 0:
+            self.block_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(),
+                                            nn.Linear(width, 3))
         self.schedule = DiffusionSchedule(config.train_steps)
         self.grown: list[str] = []  # parameters ``from_checkpoint(grow=True)`` filled only in part
         self.fresh: list[str] = []  # parameters ``from_checkpoint`` overrides added (not in the checkpoint)
@@ -275,11 +285,27 @@ class DreamVLA(nn.Module):
         terms.update(self.world_heads(feats, batch.get("targets", {}), batch.get("has_target", {})))
         if cfg.colour_weight > 0:
             terms.update(self._colour_contrast(batch, frames, drop, noisy, t, pred, noise))
+        if self.block_head is not None:
+            terms.update(self._block_target(batch, feats["action"]))
         loss = sum(getattr(cfg, f"{name}_weight") * value for name, value in terms.items())
+        extra = (*(("colour",) if cfg.colour_weight > 0 else ()), *(("block",) if self.block_head is not None else ()))
         info = {name: float(terms[name].detach()) if name in terms else 0.0
-                for name in ("action", *WORLD_KINDS, *(("colour",) if cfg.colour_weight > 0 else ()))}
+                for name in ("action", *WORLD_KINDS, *extra)}
         info.update(loss=float(loss.detach()), world_terms=float(sum(kind in terms for kind in WORLD_KINDS)))
         return loss, info
+
+    def _block_target(self, batch: dict[str, Any], action_feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"block": MSE of the named block's offset predicted from the action queries' features (B, A, D)}
+        over the rows whose instruction names a block; {} when the batch has no such targets. Rows without
+        one weigh zero but stay in the graph (every rank's DDP gradients include the head)."""
+        if "block_offset" not in batch or "has_block" not in batch:
+            return {}
+        target = batch["block_offset"].to(action_feats)  # (B, 3)
+        if target.shape != (action_feats.shape[0], 3):
+            raise ValueError(f"block_offset must be (B, 3) = ({action_feats.shape[0]}, 3), got {tuple(target.shape)}")
+        rows = batch["has_block"].to(action_feats.device).to(action_feats.dtype)  # (B,)
+        err = (self.block_head(action_feats.mean(dim=1)) - target).pow(2).mean(dim=1)  # (B,)
+        return {"block": (err * rows).sum() / rows.sum().clamp(min=1.0)}
 
     def _colour_contrast(self, batch: dict[str, Any], frames: dict[str, torch.Tensor], drop: torch.Tensor,
                          noisy: torch.Tensor, t: torch.Tensor, pred: torch.Tensor, noise: torch.Tensor

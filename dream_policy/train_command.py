@@ -146,6 +146,10 @@ def train_command(cfg: Mapping[str, Any]) -> None:
             model_cfg = DreamVLAConfig.from_dict(plain)
         network = DreamVLA(model_cfg)
     train, val, normalizer = _datasets(cfg, model_cfg, normalizer)
+    if model_cfg.block_weight > 0 and not all(getattr(part, "_blocks", None) is not None
+                                              for part in getattr(train, "parts", [train])):
+        raise ValueError(f"block_weight={model_cfg.block_weight} needs the named block's position: packed data "
+                         f"packed with scene_obs (simulated data; dream-policy pack data=... out=...)")
     trainer_cfg = TrainerConfig.from_dict(OmegaConf.to_container(cfg["trainer"], resolve=True))
     full = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     full["model_config"] = model_cfg.to_dict()

@@ -12,6 +12,7 @@ fixed-shape arrays (``.npy``) already at model resolution:
     <split>/rgb_gripper.npy        (N, S, S, 3) uint8
     <split>/robot_obs.npy          (N, 15) float32      raw (normalised at batch time)
     <split>/rel_actions.npy        (N, 7) float32
+    <split>/scene_obs.npy          (N, 24) float32      raw; only where the source has it (simulated data)
     <split>/depth_<cam>.npy        (N, s, s) float32    the forecast targets at the world heads'
     <split>/seg_<cam>.npy          (N, s, s) uint8      size s, resized exactly as their losses do
     <split>/dynamic_<cam>.npy      (N, s, s) float16    the dynamic region between row and row+forecast_n
@@ -51,6 +52,7 @@ from sim.calvin_dataset import (
 )
 
 from .colour_negatives import COLOURS, negative_table
+from .named_block import NO_BLOCK, block_offsets, named_blocks
 from .features import LANG_FEATURE, POLICY_FEATURES, dynamic_mask, moved_segment_ids, read_frame
 from .loader import ACTION_KEY, CAMERAS, PROPRIO_KEY, SCENE_KEY, TARGET_NAMES, _available, target_names
 from .normalization import STATS_FILE, Normalizer, RunningStats, clip_actions
@@ -107,6 +109,8 @@ def _array_specs(available: Sequence[str], targets: Sequence[str], image_size: i
     """Packed array name -> (per-row shape, dtype)."""
     specs: dict[str, tuple[tuple[int, ...], str]] = {k: ((image_size, image_size, 3), "uint8") for k in IMAGE_KEYS}
     specs[PROPRIO_KEY], specs[ACTION_KEY] = ((15,), "float32"), ((7,), "float32")
+    if SCENE_KEY in available:
+        specs[SCENE_KEY] = ((24,), "float32")
     for name in targets:
         kind = name.split("_", 1)[0]
         specs[name] = ((target_size, target_size), {"depth": "float32", "seg": "uint8", "dynamic": "float16"}[kind])
@@ -276,6 +280,8 @@ class PackedWindowDataset(Dataset):
     names no single colour), for the model's colour-contrast loss (``colour_negatives.py``).
     ``start_repeat`` > 1 repeats the samples anchored in the first ``start_frames`` frames of their
     annotated window that many times (``windows.repeat_attempt_starts``).
+    Language samples of a split packed with ``scene_obs`` carry ``block_offset`` (B, 3): the block their
+    task names relative to the gripper (``named_block.py``), zeros and ``has_block`` False where it names none.
     """
 
     def __init__(self, root: str | Path, split: str | None = "training", history: int = 1, chunk: int = 1,
@@ -304,6 +310,7 @@ class PackedWindowDataset(Dataset):
                 raise PackedDataError(f"{self.root}: language embeddings are {self.lang_emb.shape[1:]}, "
                                       f"expected {LANG_FEATURE.shape}")
             windows = [(int(s), int(e)) for s, e in lang["info"]["indx"]]
+            blocks = named_blocks(list(lang["language"].get("task", [])))
             self.samples = repeat_attempt_starts(annotated_samples(episodes, windows, self.spec, pad_history),
                                                  windows, start_frames, start_repeat)
         elif start_repeat != 1 or pad_history or colour_negatives:
@@ -332,6 +339,12 @@ class PackedWindowDataset(Dataset):
             self._first_rows = torch.from_numpy(row_of[first_frames(self.samples, episodes, windows)]).to(self.device)
         self._meta_cols = torch.from_numpy(self.samples).to(self.device)
         self._lang = None if self.lang_emb is None else torch.from_numpy(self.lang_emb).to(self.device)
+        self._blocks = None  # per annotation: the block its task names (named_block.py)
+        if language and SCENE_KEY in self.meta["arrays"]:
+            if len(blocks) != len(self.lang_emb):
+                raise PackedDataError(f"{self.root / LANG_FILE}: {len(blocks)} task names for "
+                                      f"{len(self.lang_emb)} annotations")
+            self._blocks = torch.from_numpy(blocks).to(self.device)
         self._negatives: tuple[torch.Tensor, torch.Tensor] | None = None
         if colour_negatives:
             self._negatives = self._embed_negatives([str(a) for a in lang["language"]["ann"]], text_encoder)
@@ -420,6 +433,11 @@ class PackedWindowDataset(Dataset):
                 out["has_neg"] = first[ann] >= 0
                 pick = first[ann].clamp(min=0) + idx % (len(COLOURS) - 1)
                 out["lang_neg"] = embeddings[pick] if len(embeddings) else torch.zeros_like(out["lang_emb"])
+            if self._blocks is not None:
+                block = self._blocks[ann]
+                out["has_block"] = block != NO_BLOCK
+                out["block_offset"] = block_offsets(self._take(arrays[SCENE_KEY], rows),
+                                                    self._take(arrays[PROPRIO_KEY], rows), block)
         out["history"] = history
         out["actions"] = clip_actions(self._take(arrays[ACTION_KEY], acts))
         future = rows + spec.forecast_n  # depth and segmentation of the forecast frame; a dynamic
@@ -461,6 +479,8 @@ class PackedUnion(Dataset):
                 raise PackedDataError(f"{part.root}: the parts of a union must share one normaliser")
             if (part._negatives is None) != (first._negatives is None):
                 raise PackedDataError(f"{part.root}: colour negatives on some parts only")
+            if (part._blocks is None) != (first._blocks is None):
+                raise PackedDataError(f"{part.root}: scene_obs packed in some parts only: re-pack the older ones")
         self.parts = list(parts)
         self.normalizer = first.normalizer
         self.offsets = np.cumsum([0] + [len(part) for part in self.parts])
