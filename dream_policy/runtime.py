@@ -66,13 +66,18 @@ class DreamPolicy:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
                         text_encoder: TextEncoder | None = None, action_horizon: int | None = None,
                         cache: str | Path = "auto", history_cache: bool = True,
-                        ddim_steps: int | None = None, kv_cache: bool = True) -> DreamPolicy:
+                        ddim_steps: int | None = None, kv_cache: bool = True,
+                        guidance: float | None = None) -> DreamPolicy:
         """Restore a checkpoint folder written by ``dream-policy train`` (``cache``: see the module).
 
         ``ddim_steps`` overrides the number of DDIM denoising steps the checkpoint was configured with
-        (a cache schedule must have been calibrated for the same number)."""
+        (a cache schedule must have been calibrated for the same number); ``guidance`` its
+        classifier-free guidance scale (>= 1)."""
         path = Path(path)
-        model = DreamVLA.from_checkpoint(path, use_ema, **({} if ddim_steps is None else {"ddim_steps": int(ddim_steps)}))
+        overrides = {} if ddim_steps is None else {"ddim_steps": int(ddim_steps)}
+        if guidance is not None:
+            overrides["guidance"] = float(guidance)
+        model = DreamVLA.from_checkpoint(path, use_ema, **overrides)
         config = model.config
         normalizer = Normalizer.from_dict(load_normalization(path))
         return cls(model, normalizer, text_encoder or build_text_encoder(config.text_encoder), device,
@@ -194,10 +199,12 @@ def find_schedule(ckpt: Path, cache: str | Path) -> CacheSchedule | None:
 
 
 def make_checkpoint_policy(ckpt: str | None = None, device: str = "cpu", action_horizon: int | None = None,
-                           cache: str = "auto", ddim_steps: int | None = None, **_: object) -> DreamPolicy:
-    """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k] [cache=auto|none|PATH] [ddim_steps=n]``)."""
+                           cache: str = "auto", ddim_steps: int | None = None, guidance: float | None = None,
+                           **_: object) -> DreamPolicy:
+    """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k] [cache=auto|none|PATH] [ddim_steps=n]
+    [guidance=g]``)."""
     if not ckpt:
         raise ValueError("policy=checkpoint needs ckpt=PATH (a checkpoint folder from dream-policy train)")
     torch.set_num_threads(1)  # small networks on a 2-core CPU: threads cost more than they give
     return DreamPolicy.from_checkpoint(ckpt, device, action_horizon=action_horizon, cache=cache,
-                                       ddim_steps=ddim_steps)
+                                       ddim_steps=ddim_steps, guidance=guidance)

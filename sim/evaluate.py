@@ -350,6 +350,8 @@ def policy_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
         options["cache"] = str(cfg["cache"])
     if cfg.get("ddim_steps") is not None:
         options["ddim_steps"] = int(cfg["ddim_steps"])
+    if cfg.get("guidance") is not None:
+        options["guidance"] = float(cfg["guidance"])
     return options
 
 

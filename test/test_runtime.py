@@ -168,6 +168,23 @@ def test_ddim_steps_override_reaches_the_sampler(checkpoint):
     assert make_checkpoint_policy(str(checkpoint), ddim_steps=20).model.config.ddim_steps == 20
 
 
+def test_guidance_override_reaches_the_sampler(checkpoint):
+    policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), guidance=3.0)
+    seen = []
+    sample = policy.model.schedule.ddim_sample
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["guidance"])
+        return sample(*args, **kwargs)
+
+    policy.model.schedule.ddim_sample = spy
+    policy.predict_chunk(obs(np.random.default_rng(4)), "x")
+    assert seen == [3.0]
+    with pytest.raises(ValueError, match="guidance"):
+        DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), guidance=0.5)
+    assert make_checkpoint_policy(str(checkpoint), guidance=1.0).model.config.guidance == 1.0
+
+
 @pytest.fixture(scope="module")
 def streaming_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
