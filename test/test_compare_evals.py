@@ -1,0 +1,45 @@
+"""bench/compare_evals.py: evaluations side by side (table, plot, refusing unlike runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("compare_evals",
+                                              Path(__file__).resolve().parent.parent / "bench" / "compare_evals.py")
+compare = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare)
+
+
+def write_run(folder: Path, chain_sr: list[float], chains: int = 10) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"avg_seq_len": sum(chain_sr), "chain_sr": chain_sr,
+                                                     "num_chains": chains}))
+    return folder
+
+
+def test_table_and_plot_of_two_runs(tmp_path, monkeypatch, capsys):
+    a = write_run(tmp_path / "eval_a", [0.5, 0.2, 0.1, 0.0, 0.0])
+    b = write_run(tmp_path / "eval_b", [0.4, 0.1, 0.0, 0.0, 0.0])
+    png = tmp_path / "cmp.png"
+    monkeypatch.setattr(sys, "argv", ["compare_evals.py", f"shipped={a}", str(b), "--plot", str(png)])
+    compare.main()
+    out = capsys.readouterr().out
+    assert "| shipped | 10 | 0.80 | 0.50 / 0.20 / 0.10 / 0.00 / 0.00 |" in out
+    assert "| eval_b | 10 | 0.50 |" in out  # a bare folder is labelled by its name
+    assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_unlike_runs_and_missing_results_are_refused(tmp_path, monkeypatch):
+    a = write_run(tmp_path / "a", [0.5, 0, 0, 0, 0], chains=10)
+    b = write_run(tmp_path / "b", [0.5, 0, 0, 0, 0], chains=100)
+    monkeypatch.setattr(sys, "argv", ["compare_evals.py", str(a), str(b)])
+    with pytest.raises(SystemExit, match="different numbers of chains"):
+        compare.main()
+    monkeypatch.setattr(sys, "argv", ["compare_evals.py", str(tmp_path / "nothing")])
+    with pytest.raises(SystemExit, match="no such file"):
+        compare.main()
