@@ -114,6 +114,7 @@ class DiffusionSchedule:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         clip_sample: float | None = None,
+        noise_scale: float = 1.0,
     ) -> torch.Tensor:
         """Denoise pure noise of ``shape`` (B, ...) into a sample (B, ...) with DDIM.
 
@@ -125,6 +126,8 @@ class DiffusionSchedule:
         ``clip_sample`` clamps each step's clean-sample estimate to [-clip, clip] (the data range); with
         the squared-cosine schedule the first trailing step has alpha_bar ~ 0, where the estimate
         (x - sqrt(1 - abar) eps) / sqrt(abar) amplifies any error in eps without bound.
+        ``noise_scale`` scales the starting noise (a sampling temperature: 0 starts every sample from zeros,
+        so with ``eta`` 0 the sample is a deterministic function of the condition).
         """
         if guidance < 1.0:
             raise ValueError(f"guidance must be >= 1.0 (1.0 = conditional only), got {guidance!r}")
@@ -134,9 +137,11 @@ class DiffusionSchedule:
             raise ValueError(f"eta must be >= 0, got {eta!r}")
         if clip_sample is not None and not clip_sample > 0:
             raise ValueError(f"clip_sample must be > 0 or None, got {clip_sample!r}")
+        if not noise_scale >= 0:
+            raise ValueError(f"noise_scale must be >= 0, got {noise_scale!r}")
         if device is None:
             device = cond.device if isinstance(cond, torch.Tensor) else "cpu"
-        x = _randn(shape, generator, device, dtype)  # (B, ...)
+        x = _randn(shape, generator, device, dtype) * noise_scale  # (B, ...)
         timesteps = ddim_timesteps(self.train_steps, steps)
         if isinstance(model_fn, PreparedModel):
             step_fn = model_fn.prepare_sampling(cond, timesteps, shape[0], guidance != 1.0)

@@ -74,6 +74,7 @@ class DreamVLAConfig:
     ddim_steps: int = 10
     guidance: float = 1.5
     clip_sample: float | None = 1.0  # DDIM clamps its clean-action estimate to the action range [-1, 1]
+    noise_scale: float = 1.0  # sampling temperature: DDIM starts from noise_scale * N(0, 1) (0: deterministic)
     # FiLM: the instruction scales and shifts every image token's channels (x * (1 + g(l)) + b(l), zero at
     # the start), a multiplicative path from "which block" in the sentence to where it is in the image
     lang_film: bool = False
@@ -105,6 +106,8 @@ class DreamVLAConfig:
             raise ValueError(f"DreamVLAConfig.ddim_steps={self.ddim_steps} exceeds train_steps={self.train_steps}")
         if not isinstance(self.guidance, (int, float)) or self.guidance < 1.0:
             raise ValueError(f"DreamVLAConfig.guidance must be >= 1.0, got {self.guidance!r}")
+        if not isinstance(self.noise_scale, (int, float)) or self.noise_scale < 0:
+            raise ValueError(f"DreamVLAConfig.noise_scale must be a number >= 0, got {self.noise_scale!r}")
         expected = {"action_dim": self.action_dim, "chunk": self.chunk, "cond_dim": self.backbone.width,
                     "cond_tokens": self.action_queries}
         for name, value in expected.items():
@@ -359,4 +362,4 @@ class DreamVLA(nn.Module):
             model_fn, on_step = hooked_model_fn(self.dit, block_hook), block_hook.start_step
         return self.schedule.ddim_sample(model_fn, (cond.shape[0], cfg.chunk, cfg.action_dim), cond,
                                          steps=cfg.ddim_steps, guidance=cfg.guidance, generator=generator,
-                                         clip_sample=cfg.clip_sample, on_step=on_step)
+                                         clip_sample=cfg.clip_sample, on_step=on_step, noise_scale=cfg.noise_scale)

@@ -67,16 +67,18 @@ class DreamPolicy:
                         text_encoder: TextEncoder | None = None, action_horizon: int | None = None,
                         cache: str | Path = "auto", history_cache: bool = True,
                         ddim_steps: int | None = None, kv_cache: bool = True,
-                        guidance: float | None = None) -> DreamPolicy:
+                        guidance: float | None = None, noise_scale: float | None = None) -> DreamPolicy:
         """Restore a checkpoint folder written by ``dream-policy train`` (``cache``: see the module).
 
         ``ddim_steps`` overrides the number of DDIM denoising steps the checkpoint was configured with
         (a cache schedule must have been calibrated for the same number); ``guidance`` its
-        classifier-free guidance scale (>= 1)."""
+        classifier-free guidance scale (>= 1); ``noise_scale`` the scale of the noise each sample starts from."""
         path = Path(path)
         overrides = {} if ddim_steps is None else {"ddim_steps": int(ddim_steps)}
         if guidance is not None:
             overrides["guidance"] = float(guidance)
+        if noise_scale is not None:
+            overrides["noise_scale"] = float(noise_scale)
         model = DreamVLA.from_checkpoint(path, use_ema, **overrides)
         config = model.config
         normalizer = Normalizer.from_dict(load_normalization(path))
@@ -200,11 +202,11 @@ def find_schedule(ckpt: Path, cache: str | Path) -> CacheSchedule | None:
 
 def make_checkpoint_policy(ckpt: str | None = None, device: str = "cpu", action_horizon: int | None = None,
                            cache: str = "auto", ddim_steps: int | None = None, guidance: float | None = None,
-                           **_: object) -> DreamPolicy:
+                           noise_scale: float | None = None, **_: object) -> DreamPolicy:
     """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k] [cache=auto|none|PATH] [ddim_steps=n]
-    [guidance=g]``)."""
+    [guidance=g] [noise_scale=s]``)."""
     if not ckpt:
         raise ValueError("policy=checkpoint needs ckpt=PATH (a checkpoint folder from dream-policy train)")
     torch.set_num_threads(1)  # small networks on a 2-core CPU: threads cost more than they give
     return DreamPolicy.from_checkpoint(ckpt, device, action_horizon=action_horizon, cache=cache,
-                                       ddim_steps=ddim_steps, guidance=guidance)
+                                       ddim_steps=ddim_steps, guidance=guidance, noise_scale=noise_scale)

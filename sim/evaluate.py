@@ -352,6 +352,8 @@ def policy_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
         options["ddim_steps"] = int(cfg["ddim_steps"])
     if cfg.get("guidance") is not None:
         options["guidance"] = float(cfg["guidance"])
+    if cfg.get("noise_scale") is not None:
+        options["noise_scale"] = float(cfg["noise_scale"])
     return options
 
 

@@ -192,3 +192,22 @@ def test_clip_sample_bounds_a_noisy_noise_model():
     assert (exact_clipped - x0).abs().max() < 1e-4  # clipping leaves an in-range sample unchanged
     with pytest.raises(ValueError, match="clip_sample"):
         s.ddim_sample(exact, (8, 3, 7), None, guidance=1.0, clip_sample=0.0)
+
+
+def test_noise_scale_is_a_sampling_temperature():
+    s = DiffusionSchedule()
+
+    def model_fn(x, t, cond):
+        return 0.5 * x + 0.01 * t.view(-1, 1, 1).float()
+
+    def sample(seed: int, scale: float) -> torch.Tensor:
+        return s.ddim_sample(model_fn, (2, 3, 7), None, steps=5, guidance=1.0, noise_scale=scale,
+                             generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(sample(0, 1.0), s.ddim_sample(model_fn, (2, 3, 7), None, steps=5, guidance=1.0,
+                                                     generator=torch.Generator().manual_seed(0)))  # the default
+    assert torch.equal(sample(0, 0.0), sample(1, 0.0))  # no starting noise, eta 0: the seed does not matter
+    spread = {scale: (sample(0, scale) - sample(1, scale)).abs().mean() for scale in (0.25, 1.0)}
+    assert 0 < spread[0.25] < spread[1.0]
+    with pytest.raises(ValueError, match="noise_scale must be >= 0"):
+        sample(0, -0.5)

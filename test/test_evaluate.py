@@ -143,8 +143,9 @@ def test_caption_writes_text_on_a_dark_band():
 def test_policy_options_and_chain_selection(tmp_path):
     assert ev.policy_options({"policy": "expert", "ckpt": None, "scene": "B"}) == {"scene": "B"}
     assert ev.policy_options({"policy": "checkpoint", "ckpt": "a.pt"}) == {"ckpt": "a.pt"}
-    assert ev.policy_options({"policy": "checkpoint", "ckpt": "a.pt", "guidance": 2, "ddim_steps": 20}) == {
-        "ckpt": "a.pt", "guidance": 2.0, "ddim_steps": 20}
+    assert ev.policy_options({"policy": "checkpoint", "ckpt": "a.pt", "guidance": 2, "ddim_steps": 20,
+                              "noise_scale": 0}) == {"ckpt": "a.pt", "guidance": 2.0, "ddim_steps": 20,
+                                                     "noise_scale": 0.0}
     with pytest.raises(ValueError, match="needs ckpt"):
         ev.policy_options({"policy": "checkpoint", "ckpt": None})
     path = tmp_path / "chains.json"

@@ -185,6 +185,22 @@ def test_guidance_override_reaches_the_sampler(checkpoint):
     assert make_checkpoint_policy(str(checkpoint), guidance=1.0).model.config.guidance == 1.0
 
 
+def test_noise_scale_zero_makes_the_policy_deterministic(checkpoint):
+    policy = make_checkpoint_policy(str(checkpoint), noise_scale=0.0)
+    policy.text_encoder = FakeText()
+    assert policy.model.config.noise_scale == 0.0
+    observation = obs(np.random.default_rng(5))
+    policy.seed(0)
+    first = policy.predict_chunk(observation, "x")
+    policy.seed(1)
+    assert np.array_equal(first, policy.predict_chunk(observation, "x"))
+    noisy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText())
+    noisy.seed(0)
+    a = noisy.predict_chunk(observation, "x")
+    noisy.seed(1)
+    assert not np.array_equal(a, noisy.predict_chunk(observation, "x"))
+
+
 @pytest.fixture(scope="module")
 def streaming_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
