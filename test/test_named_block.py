@@ -88,14 +88,19 @@ def test_the_packed_set_serves_the_named_blocks_offset(packed: Path, tmp_path: P
     assert PackedWindowDataset(root, "training", language=False, **WINDOW)[0].get("block_offset") is None
 
 
-def test_a_union_needs_scene_obs_in_every_part_or_none(packed: Path, tmp_path: Path):  # noqa: F811
-    older = tmp_path / "older"
-    shutil.copytree(packed, older)
+def without_scene_obs(packed: Path, dst: Path) -> Path:  # noqa: F811
+    """A copy of a packed set as packed before scene_obs was kept (its packed.json lists no scene_obs)."""
+    shutil.copytree(packed, dst)
     for split in ("training", "validation"):
-        meta_file = older / split / "packed.json"
+        meta_file = dst / split / "packed.json"
         meta = json.loads(meta_file.read_text())
         del meta["arrays"]["scene_obs"]
         meta_file.write_text(json.dumps(meta))
+    return dst
+
+
+def test_a_union_needs_scene_obs_in_every_part_or_none(packed: Path, tmp_path: Path):  # noqa: F811
+    older = without_scene_obs(packed, tmp_path / "older")
     new = PackedWindowDataset(packed, "training", **WINDOW)
     old = PackedWindowDataset(older, "training", normalizer=new.normalizer, **WINDOW)
     assert "block_offset" not in old[0]
@@ -184,12 +189,6 @@ def test_train_command_fits_the_block_term_and_refuses_data_without_scene_obs(pa
     with open(out / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["metric"] == "block"]
     assert {r["split"] for r in rows} == {"train", "val"} and all(float(r["value"]) > 0 for r in rows)
-    old = tmp_path / "old"
-    shutil.copytree(root, old)
-    for split in ("training", "validation"):
-        meta_file = old / split / "packed.json"
-        meta = json.loads(meta_file.read_text())
-        del meta["arrays"]["scene_obs"]
-        meta_file.write_text(json.dumps(meta))
+    old = without_scene_obs(root, tmp_path / "old")
     with pytest.raises(ValueError, match="block_weight=0.5 needs"):
         main(["train", f"data={old}", *[a.replace(str(out), str(tmp_path / "run2")) for a in args]])

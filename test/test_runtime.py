@@ -150,17 +150,23 @@ def test_eval_runs_a_checkpoint_on_the_play_table(checkpoint, tmp_path):
     assert results["num_chains"] == 1 and (tmp_path / "results.json").is_file()
 
 
+def spy_sampler(policy: DreamPolicy, keyword: str) -> list:
+    """The values of ``keyword`` the policy's DDIM sampler is called with, from now on."""
+    seen = []
+    sample = policy.model.schedule.ddim_sample
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs[keyword])
+        return sample(*args, **kwargs)
+
+    policy.model.schedule.ddim_sample = spy
+    return seen
+
+
 def test_ddim_steps_override_reaches_the_sampler(checkpoint):
     more = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), ddim_steps=20)
     assert more.model.config.ddim_steps == 20
-    seen = []
-    sample = more.model.schedule.ddim_sample
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["steps"])
-        return sample(*args, **kwargs)
-
-    more.model.schedule.ddim_sample = spy
+    seen = spy_sampler(more, "steps")
     assert more.predict_chunk(obs(np.random.default_rng(4)), "x").shape == (more.model.config.chunk, 7)
     assert seen == [20]
     with pytest.raises(ValueError, match="ddim_steps"):
@@ -170,14 +176,7 @@ def test_ddim_steps_override_reaches_the_sampler(checkpoint):
 
 def test_guidance_override_reaches_the_sampler(checkpoint):
     policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), guidance=3.0)
-    seen = []
-    sample = policy.model.schedule.ddim_sample
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["guidance"])
-        return sample(*args, **kwargs)
-
-    policy.model.schedule.ddim_sample = spy
+    seen = spy_sampler(policy, "guidance")
     policy.predict_chunk(obs(np.random.default_rng(4)), "x")
     assert seen == [3.0]
     with pytest.raises(ValueError, match="guidance"):
