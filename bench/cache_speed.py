@@ -151,7 +151,7 @@ def main() -> None:
     model, cfg = policy.model, policy.model.config
     print(f"# BAC bench, {datetime.date.today()}, {platform.processor() or platform.machine()}, torch "
           f"{torch.__version__}, 1 thread, {args.ckpt}, DiT depth {cfg.dit.depth} x 3 sub-blocks, "
-          f"{cfg.ddim_steps} DDIM steps, guidance {cfg.guidance}, reuse {args.reuse}")
+          f"{cfg.ddim_steps} DDIM steps, guidance {cfg.guidance}, noise_scale {cfg.noise_scale:g}, reuse {args.reuse}")
     other = "increment" if args.reuse == "regate" else "regate"
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or collect_small(Path(tmp) / "data")
@@ -171,7 +171,8 @@ def main() -> None:
           f"{'MFLOP':>7s} {'FLOPx':>6s} {'|da|':>7s} {'|da| ' + other[:3]:>8s}")
     print(f"{'none':9s} {'-':>6s} {1:6.0%} {np.percentile(base, 50):8.2f}ms {np.percentile(base, 95):6.2f}ms "
           f"{1:7.2f} {base_flops / 1e6:7.2f} {1:6.2f} {0:7.4f} {0:8.4f}")
-    print(f"(for scale: two uncached samples from different noise differ by |da| = {noise_spread(model, batches):.4f})")
+    print(f"(for scale: two uncached samples from different noise differ by |da| = {noise_spread(model, batches):.4f}"
+          f" at the checkpoint's noise_scale {cfg.noise_scale:g})")
     speedups = {}
     for budget in args.budgets:
         for mode in MODES:

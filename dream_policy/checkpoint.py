@@ -102,6 +102,24 @@ def resolve_checkpoint(path: str | Path, root: str | Path) -> Path:
     return path
 
 
+def checkpoint_folder(path: str | Path) -> Path:
+    """The checkpoint folder ``path`` names: a folder holding ``config.yaml`` as it is, else what a
+    ``latest`` pointer says, given the pointer itself, the checkpoints root holding it, or a training
+    run's ``out_dir`` (``<out_dir>/checkpoints/latest``)."""
+    path = Path(path)
+    if path.is_file() and path.name == LATEST:
+        found = latest_checkpoint(path.parent)
+        assert found is not None
+        return found
+    if not path.is_dir() or (path / CONFIG).is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        found = latest_checkpoint(root)
+        if found is not None:
+            return found
+    return path
+
+
 # ---- saving ------------------------------------------------------------------------------------
 
 

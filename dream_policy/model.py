@@ -211,13 +211,13 @@ class DreamVLA(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, use_ema: bool = True, grow: bool = False,
                         **overrides: Any) -> DreamVLA:
-        """The network of a ``dream-policy train`` checkpoint folder: its ``model_config`` with
+        """The network of a ``dream-policy train`` checkpoint folder (or its run, ``checkpoint_folder``): its ``model_config`` with
         ``overrides`` merged in (sections field by field: ``vision={"num_latents": 16}``) and its EMA
         weights (unless ``use_ema`` is False or there are none). ``grow``: saved tensors smaller than the
         overridden model's are copied into their leading part (``checkpoint.grow_tensor``)."""
-        from .checkpoint import EMA_WEIGHTS, WEIGHTS, load_config, load_weights
+        from .checkpoint import EMA_WEIGHTS, WEIGHTS, checkpoint_folder, load_config, load_weights
 
-        path = Path(path)
+        path = checkpoint_folder(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such checkpoint folder")
         full = load_config(path)

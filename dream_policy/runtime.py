@@ -31,7 +31,7 @@ import torch
 
 from dream_policy.bac import SCHEDULE_FILE, CacheSchedule
 from dream_policy.backbone import StreamCache
-from dream_policy.checkpoint import load_normalization
+from dream_policy.checkpoint import checkpoint_folder, load_normalization
 from dream_policy.data.loader import preprocess_history
 from dream_policy.data.normalization import Normalizer, clip_actions
 from dream_policy.dit_cache import CachedBlocks
@@ -68,12 +68,13 @@ class DreamPolicy:
                         cache: str | Path = "auto", history_cache: bool = True,
                         ddim_steps: int | None = None, kv_cache: bool = True,
                         guidance: float | None = None, noise_scale: float | None = None) -> DreamPolicy:
-        """Restore a checkpoint folder written by ``dream-policy train`` (``cache``: see the module).
+        """Restore a checkpoint folder written by ``dream-policy train``, or the latest one of a run
+        (``checkpoint.checkpoint_folder``; ``cache``: see the module).
 
         ``ddim_steps`` overrides the number of DDIM denoising steps the checkpoint was configured with
         (a cache schedule must have been calibrated for the same number); ``guidance`` its
         classifier-free guidance scale (>= 1); ``noise_scale`` the scale of the noise each sample starts from."""
-        path = Path(path)
+        path = checkpoint_folder(path)
         overrides = {} if ddim_steps is None else {"ddim_steps": int(ddim_steps)}
         if guidance is not None:
             overrides["guidance"] = float(guidance)

@@ -12,6 +12,7 @@ from torch import nn
 import dream_policy.checkpoint as ckpt
 from dream_policy.checkpoint import (
     CheckpointError,
+    checkpoint_folder,
     grow_tensor,
     latest_checkpoint,
     load_config,
@@ -57,6 +58,23 @@ def test_keep_last_and_latest(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path).name == "step_00000004"
     _save(tmp_path, 4, _model(hidden=5), keep_last=2)  # the same step again replaces it
     assert load_tensors(latest_checkpoint(tmp_path))["0.weight"].shape == (5, 2)
+
+
+def test_checkpoint_folder_follows_the_latest_pointer_of_a_run(tmp_path: Path) -> None:
+    root = tmp_path / "run" / "checkpoints"
+    for step in (1, 2):
+        _save(root, step, _model())
+    newest = root / "step_00000002"
+    assert checkpoint_folder(newest) == newest
+    assert checkpoint_folder(root / "step_00000001") == root / "step_00000001"
+    assert checkpoint_folder(root / "latest") == newest
+    assert checkpoint_folder(root) == newest
+    assert checkpoint_folder(tmp_path / "run") == newest
+    assert checkpoint_folder(tmp_path / "nowhere") == tmp_path / "nowhere"  # the loader names what is missing
+    assert checkpoint_folder(tmp_path) == tmp_path  # no pointer anywhere: left as given
+    (root / "latest").write_text("step_00000009\n")
+    with pytest.raises(CheckpointError, match="step_00000009"):
+        checkpoint_folder(tmp_path / "run")
 
 
 def test_nothing_saved_is_a_clear_error(tmp_path: Path) -> None:

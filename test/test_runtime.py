@@ -49,6 +49,17 @@ def test_step_gives_a_calvin_action(checkpoint):
     assert policy.predict_chunk(obs(rng), "open the drawer").shape == (policy.model.config.chunk, 7)
 
 
+def test_a_run_folder_loads_its_latest_checkpoint(checkpoint):
+    """``ckpt=`` may name the run (or its ``latest`` pointer) instead of the step folder."""
+    first = obs(np.random.default_rng(1))
+    actions = []
+    for path in (checkpoint, checkpoint.parent, checkpoint.parent / "latest"):
+        policy = DreamPolicy.from_checkpoint(path, text_encoder=FakeText())
+        policy.seed(5)
+        actions.append(policy.step(first, "open the drawer"))
+    assert all(np.array_equal(actions[0], a) for a in actions[1:])
+
+
 def test_same_seed_same_actions_and_reset_forgets(checkpoint):
     a = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText())
     b = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText())
