@@ -97,12 +97,16 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"# policy speed, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, 1 thread, checkpoint {args.ckpt}")
-    params = sum(p.numel() for p in DreamPolicy.from_checkpoint(args.ckpt).model.parameters())
-    print(f"parameters: {params / 1e6:.2f} M")
+    shipped = DreamPolicy.from_checkpoint(args.ckpt)
+    params = sum(p.numel() for p in shipped.model.parameters())
+    chunk = shipped.model.config.chunk
+    print(f"parameters: {params / 1e6:.2f} M; the checkpoint plays {shipped.action_horizon} of {chunk} actions "
+          "per sampled chunk")
     modes = (("replan every step, no caches", 1, False, "none"),
              ("replan every step, history cache", 1, True, "none"),
-             ("whole chunk, history cache (default without a BAC schedule)", None, True, "none"),
-             ("whole chunk, history cache, BAC (cache=auto)", None, True, "auto"))
+             ("replan every step, history cache, BAC (cache=auto)", 1, True, "auto"),
+             ("whole chunk, history cache", chunk, True, "none"),
+             ("whole chunk, history cache, BAC (cache=auto)", chunk, True, "auto"))
     for name, horizon, history_cache, cache in modes:
         ms = 1000 * step_latency(args.ckpt, args.steps, horizon, history_cache, cache)
         print(f"step() {name}: p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, "

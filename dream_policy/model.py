@@ -75,6 +75,7 @@ class DreamVLAConfig:
     guidance: float = 1.5
     clip_sample: float | None = 1.0  # DDIM clamps its clean-action estimate to the action range [-1, 1]
     noise_scale: float = 1.0  # sampling temperature: DDIM starts from noise_scale * N(0, 1) (0: deterministic)
+    action_horizon: int | None = None  # runtime: actions played from each sampled chunk (None: the whole chunk)
     # FiLM: the instruction scales and shifts every image token's channels (x * (1 + g(l)) + b(l), zero at
     # the start), a multiplicative path from "which block" in the sentence to where it is in the image
     lang_film: bool = False
@@ -108,6 +109,11 @@ class DreamVLAConfig:
             raise ValueError(f"DreamVLAConfig.guidance must be >= 1.0, got {self.guidance!r}")
         if not isinstance(self.noise_scale, (int, float)) or self.noise_scale < 0:
             raise ValueError(f"DreamVLAConfig.noise_scale must be a number >= 0, got {self.noise_scale!r}")
+        if self.action_horizon is not None and (
+                isinstance(self.action_horizon, bool) or not isinstance(self.action_horizon, int)
+                or not 1 <= self.action_horizon <= self.chunk):
+            raise ValueError(f"DreamVLAConfig.action_horizon must be null or an integer in [1, chunk={self.chunk}], "
+                             f"got {self.action_horizon!r}")
         expected = {"action_dim": self.action_dim, "chunk": self.chunk, "cond_dim": self.backbone.width,
                     "cond_tokens": self.action_queries}
         for name, value in expected.items():

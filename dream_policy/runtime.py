@@ -48,6 +48,8 @@ class DreamPolicy:
                  device: str | torch.device = "cpu", seed: int = 0, action_horizon: int | None = None,
                  schedule: CacheSchedule | None = None, history_cache: bool = True, kv_cache: bool = True) -> None:
         chunk = model.config.chunk
+        if action_horizon is None:  # the checkpoint's setting, else the whole chunk
+            action_horizon = model.config.action_horizon
         self.action_horizon = chunk if action_horizon is None else int(action_horizon)
         if not 1 <= self.action_horizon <= chunk:
             raise ValueError(f"action_horizon={action_horizon} must be in [1, chunk={chunk}]")

@@ -207,6 +207,8 @@ def test_language_film_starts_as_the_identity_and_then_gates_the_image_tokens(ti
     ({"depth_weight": -1}, "depth_weight.*-1"), ({"text_encoder": "bert"}, "'bert'"),
     ({"ddim_steps": 200}, "ddim_steps=200"), ({"chunk": 4}, "dit.chunk=3 must equal 4"),
     ({"noise_scale": -0.5}, "noise_scale.*-0.5"), ({"block_weight": -1}, "block_weight.*-1"),
+    ({"action_horizon": 4}, r"action_horizon.*chunk=3.*4"), ({"action_horizon": 0}, "action_horizon.*0"),
+    ({"action_horizon": 1.5}, "action_horizon.*1.5"),
 ])
 def test_config_errors_name_the_value(tiny, change, match):
     with pytest.raises(ValueError, match=match):

@@ -3,6 +3,8 @@ with play-table observations (CALVIN's ``model.step`` contract)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -209,6 +211,24 @@ def test_noise_scale_zero_makes_the_policy_deterministic(checkpoint):
     a = noisy.predict_chunk(observation, "x")
     noisy.seed(1)
     assert not np.array_equal(a, noisy.predict_chunk(observation, "x"))
+
+
+def test_the_checkpoint_sets_the_action_horizon_unless_the_caller_does(tmp_path):
+    torch.manual_seed(0)
+    config = dataclasses.replace(load_model_config("tiny"), action_horizon=1)
+    normalizer = Normalizer(obs_mean=np.zeros(15), obs_std=np.ones(15))
+    path = save_checkpoint(tmp_path, 1, DreamVLA(config).state_dict(), config={"model_config": config.to_dict()},
+                           normalization=normalizer.to_dict())
+    policy = DreamPolicy.from_checkpoint(path, text_encoder=FakeText())
+    assert policy.action_horizon == 1
+    calls = []
+    real = policy.sample_chunk
+    policy.sample_chunk = lambda instruction: calls.append(1) or real(instruction)
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        policy.step(obs(rng), "open the drawer")
+    assert len(calls) == 3  # a chunk per step
+    assert make_checkpoint_policy(str(path), action_horizon=3).action_horizon == 3
 
 
 @pytest.fixture(scope="module")
