@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dream_policy.runtime import DreamPolicy
+from dream_policy.runtime import DreamPolicy, find_schedule
 from sim.env import PlayTableEnv
 from sim.state_sampler import default_robot_obs, sample_scene_obs
 
@@ -90,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, default=Path("checkpoints/tiny_D"))
     parser.add_argument("--steps", type=int, default=200, help="control steps timed per mode")
+    parser.add_argument("--cache", default="auto", help="BAC schedule to time: auto (the checkpoint's) or a path")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--data", type=Path, default=None)
@@ -102,11 +103,14 @@ def main() -> None:
     chunk = shipped.model.config.chunk
     print(f"parameters: {params / 1e6:.2f} M; the checkpoint plays {shipped.action_horizon} of {chunk} actions "
           "per sampled chunk")
-    modes = (("replan every step, no caches", 1, False, "none"),
+    modes = [("replan every step, no caches", 1, False, "none"),
              ("replan every step, history cache", 1, True, "none"),
-             ("replan every step, history cache, BAC (cache=auto)", 1, True, "auto"),
-             ("whole chunk, history cache", chunk, True, "none"),
-             ("whole chunk, history cache, BAC (cache=auto)", chunk, True, "auto"))
+             ("whole chunk, history cache", chunk, True, "none")]
+    if find_schedule(args.ckpt, args.cache) is None:
+        print(f"(no BAC schedule: cache={args.cache}; pass --cache PATH to time one)")
+    else:
+        modes += [(f"replan every step, history cache, BAC (cache={args.cache})", 1, True, args.cache),
+                  (f"whole chunk, history cache, BAC (cache={args.cache})", chunk, True, args.cache)]
     for name, horizon, history_cache, cache in modes:
         ms = 1000 * step_latency(args.ckpt, args.steps, horizon, history_cache, cache)
         print(f"step() {name}: p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, "
