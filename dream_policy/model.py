@@ -20,6 +20,7 @@ dream queries feed the world heads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -76,6 +77,9 @@ class DreamVLAConfig:
     clip_sample: float | None = 1.0  # DDIM clamps its clean-action estimate to the action range [-1, 1]
     noise_scale: float = 1.0  # sampling temperature: DDIM starts from noise_scale * N(0, 1) (0: deterministic)
     action_horizon: int | None = None  # runtime: actions played from each sampled chunk (None: the whole chunk)
+    # runtime temporal ensembling (None: off): a chunk is sampled every step and the action played is the
+    # weighted mean of what the last ``chunk`` chunks predicted for this step, weight exp(-decay * age)
+    ensemble_decay: float | None = None
     # FiLM: the instruction scales and shifts every image token's channels (x * (1 + g(l)) + b(l), zero at
     # the start), a multiplicative path from "which block" in the sentence to where it is in the image
     lang_film: bool = False
@@ -114,6 +118,9 @@ class DreamVLAConfig:
                 or not 1 <= self.action_horizon <= self.chunk):
             raise ValueError(f"DreamVLAConfig.action_horizon must be null or an integer in [1, chunk={self.chunk}], "
                              f"got {self.action_horizon!r}")
+        if self.ensemble_decay is not None and (isinstance(self.ensemble_decay, bool) or not isinstance(
+                self.ensemble_decay, (int, float)) or not math.isfinite(self.ensemble_decay)):
+            raise ValueError(f"DreamVLAConfig.ensemble_decay must be null or a finite number, got {self.ensemble_decay!r}")
         expected = {"action_dim": self.action_dim, "chunk": self.chunk, "cond_dim": self.backbone.width,
                     "cond_tokens": self.action_queries}
         for name, value in expected.items():

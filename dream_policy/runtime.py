@@ -4,7 +4,9 @@
 them), its config and the normalisation statistics saved beside it; ``reset()`` forgets the
 history; ``step(obs, instruction)`` returns one 7-D relative action (it samples a chunk and
 plays its first ``action_horizon`` actions before sampling again; every observation still
-enters the history); ``predict_chunk`` the whole chunk. A caller that runs at the control rate but
+enters the history); ``predict_chunk`` the whole chunk. With ``ensemble_decay`` set (temporal ensembling, as in ACT) ``step``
+samples a chunk every step and plays the weighted mean of what the last ``chunk`` chunks predicted for
+this step (weight ``exp(-decay * age)``; the gripper by weighted vote). A caller that runs at the control rate but
 samples less often (the ROS policy node) uses ``observe(obs)`` every control tick and
 ``sample_chunk(instruction)`` when it wants actions, so the history holds consecutive frames as in
 training. The DiT head runs under the BAC schedule
@@ -33,7 +35,7 @@ from dream_policy.bac import SCHEDULE_FILE, CacheSchedule
 from dream_policy.backbone import StreamCache
 from dream_policy.checkpoint import checkpoint_folder, load_normalization
 from dream_policy.data.loader import preprocess_history
-from dream_policy.data.normalization import Normalizer, clip_actions
+from dream_policy.data.normalization import GRIPPER_DIM, Normalizer, clip_actions
 from dream_policy.dit_cache import CachedBlocks
 from dream_policy.encoders import TextEncoder, build_text_encoder
 from dream_policy.model import DreamVLA
@@ -46,13 +48,24 @@ class DreamPolicy:
 
     def __init__(self, model: DreamVLA, normalizer: Normalizer, text_encoder: TextEncoder,
                  device: str | torch.device = "cpu", seed: int = 0, action_horizon: int | None = None,
-                 schedule: CacheSchedule | None = None, history_cache: bool = True, kv_cache: bool = True) -> None:
+                 schedule: CacheSchedule | None = None, history_cache: bool = True, kv_cache: bool = True,
+                 ensemble_decay: float | None = None) -> None:
         chunk = model.config.chunk
-        if action_horizon is None:  # the checkpoint's setting, else the whole chunk
+        if ensemble_decay is None:  # the checkpoint's setting (None: no ensembling)
+            ensemble_decay = model.config.ensemble_decay
+        self.ensemble_decay = None if ensemble_decay is None else float(ensemble_decay)
+        if self.ensemble_decay is not None and not np.isfinite(self.ensemble_decay):
+            raise ValueError(f"ensemble_decay={ensemble_decay} must be a finite number (or None: off)")
+        if action_horizon is None:  # the checkpoint's setting, else the whole chunk (1 when ensembling)
             action_horizon = model.config.action_horizon
+            if self.ensemble_decay is not None:
+                action_horizon = 1
         self.action_horizon = chunk if action_horizon is None else int(action_horizon)
         if not 1 <= self.action_horizon <= chunk:
             raise ValueError(f"action_horizon={action_horizon} must be in [1, chunk={chunk}]")
+        if self.ensemble_decay is not None and self.action_horizon != 1:
+            raise ValueError(f"ensemble_decay={self.ensemble_decay} samples a chunk every step: it needs "
+                             f"action_horizon=1, got {self.action_horizon}")
         self.model = model.to(device).eval()
         self.history_cache = history_cache
         self.schedule = None
@@ -69,13 +82,15 @@ class DreamPolicy:
                         text_encoder: TextEncoder | None = None, action_horizon: int | None = None,
                         cache: str | Path = "auto", history_cache: bool = True,
                         ddim_steps: int | None = None, kv_cache: bool = True,
-                        guidance: float | None = None, noise_scale: float | None = None) -> DreamPolicy:
+                        guidance: float | None = None, noise_scale: float | None = None,
+                        ensemble_decay: float | None = None) -> DreamPolicy:
         """Restore a checkpoint folder written by ``dream-policy train``, or the latest one of a run
         (``checkpoint.checkpoint_folder``; ``cache``: see the module).
 
         ``ddim_steps`` overrides the number of DDIM denoising steps the checkpoint was configured with
         (a cache schedule must have been calibrated for the same number); ``guidance`` its
-        classifier-free guidance scale (>= 1); ``noise_scale`` the scale of the noise each sample starts from."""
+        classifier-free guidance scale (>= 1); ``noise_scale`` the scale of the noise each sample starts from;
+        ``ensemble_decay`` turns temporal ensembling on (see the module; None: the checkpoint's setting)."""
         path = checkpoint_folder(path)
         overrides = {} if ddim_steps is None else {"ddim_steps": int(ddim_steps)}
         if guidance is not None:
@@ -87,7 +102,7 @@ class DreamPolicy:
         normalizer = Normalizer.from_dict(load_normalization(path))
         return cls(model, normalizer, text_encoder or build_text_encoder(config.text_encoder), device,
                    action_horizon=action_horizon, schedule=find_schedule(path, cache), history_cache=history_cache,
-                   kv_cache=kv_cache)
+                   kv_cache=kv_cache, ensemble_decay=ensemble_decay)
 
     def set_schedule(self, schedule: CacheSchedule | None, source: str = "cache schedule") -> None:
         """Run the DiT head under ``schedule`` (None: no caching); it must fit this model."""
@@ -105,6 +120,7 @@ class DreamPolicy:
         self._frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.history_len)
         self._frame_tokens: deque[dict[str, torch.Tensor] | None] = deque(maxlen=self.history_len)
         self._queue: deque[np.ndarray] = deque()
+        self._chunks: deque[np.ndarray] = deque(maxlen=self.model.config.chunk)  # ensembling: newest first
         self._instruction: str | None = None
         self._stream: StreamCache | None = None  # kv_cache: the backbone's keys/values so far
         self._stream_instruction: str | None = None
@@ -185,10 +201,28 @@ class DreamPolicy:
         self.observe(obs)
         if instruction != self._instruction:
             self._queue.clear()
+            self._chunks.clear()
             self._instruction = instruction
+        if self.ensemble_decay is not None:
+            self._chunks.appendleft(self.sample_chunk(instruction))
+            return ensemble_action(list(self._chunks), self.ensemble_decay)
         if not self._queue:
             self._queue.extend(self.sample_chunk(instruction)[: self.action_horizon])
         return self._queue.popleft()
+
+
+def ensemble_action(chunks: list[np.ndarray], decay: float) -> np.ndarray:
+    """Temporal ensembling: ``chunks[age]`` was sampled ``age`` steps ago (newest first, each (chunk, 7),
+    gripper already ±1); the action for now is the mean of ``chunks[age][age]`` weighted ``exp(-decay * age)``,
+    the gripper the sign of its weighted mean (the newest chunk's on a tie)."""
+    if not chunks or len(chunks) > len(chunks[0]):
+        raise ValueError(f"ensemble_action needs 1..chunk={len(chunks[0]) if chunks else '?'} chunks, got {len(chunks)}")
+    preds = np.stack([chunk[age] for age, chunk in enumerate(chunks)])  # (n, 7)
+    weights = np.exp(-decay * np.arange(len(chunks)))
+    action = weights @ preds / weights.sum()
+    vote = action[GRIPPER_DIM]
+    action[GRIPPER_DIM] = preds[0, GRIPPER_DIM] if vote == 0 else np.sign(vote)
+    return action
 
 
 def find_schedule(ckpt: Path, cache: str | Path) -> CacheSchedule | None:
@@ -205,11 +239,13 @@ def find_schedule(ckpt: Path, cache: str | Path) -> CacheSchedule | None:
 
 def make_checkpoint_policy(ckpt: str | None = None, device: str = "cpu", action_horizon: int | None = None,
                            cache: str = "auto", ddim_steps: int | None = None, guidance: float | None = None,
-                           noise_scale: float | None = None, **_: object) -> DreamPolicy:
+                           noise_scale: float | None = None, ensemble_decay: float | None = None,
+                           **_: object) -> DreamPolicy:
     """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k] [cache=auto|none|PATH] [ddim_steps=n]
-    [guidance=g] [noise_scale=s]``)."""
+    [guidance=g] [noise_scale=s] [ensemble_decay=m]``)."""
     if not ckpt:
         raise ValueError("policy=checkpoint needs ckpt=PATH (a checkpoint folder from dream-policy train)")
     torch.set_num_threads(1)  # small networks on a 2-core CPU: threads cost more than they give
     return DreamPolicy.from_checkpoint(ckpt, device, action_horizon=action_horizon, cache=cache,
-                                       ddim_steps=ddim_steps, guidance=guidance, noise_scale=noise_scale)
+                                       ddim_steps=ddim_steps, guidance=guidance, noise_scale=noise_scale,
+                                       ensemble_decay=ensemble_decay)

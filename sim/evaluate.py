@@ -354,6 +354,8 @@ def policy_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
         options["guidance"] = float(cfg["guidance"])
     if cfg.get("noise_scale") is not None:
         options["noise_scale"] = float(cfg["noise_scale"])
+    if cfg.get("ensemble_decay") is not None:
+        options["ensemble_decay"] = float(cfg["ensemble_decay"])
     return options
 
 

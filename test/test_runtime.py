@@ -12,7 +12,7 @@ import torch
 from dream_policy.checkpoint import save_checkpoint
 from dream_policy.data.normalization import Normalizer
 from dream_policy.model import DreamVLA, load_model_config
-from dream_policy.runtime import DreamPolicy, make_checkpoint_policy
+from dream_policy.runtime import DreamPolicy, ensemble_action, make_checkpoint_policy
 
 
 class FakeText:
@@ -229,6 +229,60 @@ def test_the_checkpoint_sets_the_action_horizon_unless_the_caller_does(tmp_path)
         policy.step(obs(rng), "open the drawer")
     assert len(calls) == 3  # a chunk per step
     assert make_checkpoint_policy(str(path), action_horizon=3).action_horizon == 3
+
+
+def test_ensemble_action_weights_the_predictions_for_this_step_by_age():
+    chunk = lambda fill, grip: np.column_stack([np.full((3, 6), fill), np.full(3, grip)])
+    newest, middle, oldest = chunk(0.3, 1.0), chunk(-0.6, -1.0), chunk(0.9, -1.0)
+    newest[0, 0], middle[1, 0], oldest[2, 0] = 0.1, 0.2, 0.4  # what each predicted for now
+    w = np.exp(-0.5 * np.arange(3))
+    action = ensemble_action([newest, middle, oldest], 0.5)
+    assert action[0] == pytest.approx((w @ [0.1, 0.2, 0.4]) / w.sum())
+    assert action[1] == pytest.approx((w @ [0.3, -0.6, 0.9]) / w.sum())
+    assert action[6] == 1.0  # weighted vote: open 1 against close 0.61 + 0.37
+    assert ensemble_action([newest, middle, oldest], 0.0)[6] == -1.0  # equal weights: close 2 against 1
+    assert ensemble_action([newest, middle, oldest], -5.0)[0] == pytest.approx(0.4, abs=0.01)  # oldest wins
+    assert ensemble_action([newest, middle], 0.0)[6] == 1.0  # a tie goes to the newest chunk
+    np.testing.assert_array_equal(ensemble_action([newest], 3.0), newest[0])
+    with pytest.raises(ValueError, match="1..chunk=3 chunks, got 4"):
+        ensemble_action([newest] * 4, 0.5)
+
+
+def test_ensembling_step_samples_every_step_and_averages_the_last_chunks(checkpoint):
+    policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), ensemble_decay=0.3)
+    assert policy.action_horizon == 1
+    chunks = []
+    real = policy.sample_chunk
+    policy.sample_chunk = lambda instruction: chunks.append(real(instruction)) or chunks[-1]
+    rng = np.random.default_rng(8)
+    actions = [policy.step(obs(rng), "open the drawer") for _ in range(5)]
+    assert len(chunks) == 5
+    for t, action in enumerate(actions):
+        recent = chunks[max(0, t - 2): t + 1][::-1]  # newest first, at most chunk=3 of them
+        np.testing.assert_allclose(action, ensemble_action(recent, 0.3))
+    np.testing.assert_array_equal(actions[0], chunks[0][0])  # one chunk: its first action
+    policy.step(obs(rng), "close the drawer")  # a new instruction forgets the old chunks
+    np.testing.assert_array_equal(policy._chunks[0], chunks[-1])
+    assert len(policy._chunks) == 1
+    policy.reset()
+    assert not policy._chunks
+    with pytest.raises(ValueError, match="needs action_horizon=1, got 3"):
+        DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), ensemble_decay=0.3, action_horizon=3)
+    with pytest.raises(ValueError, match="finite"):
+        DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), ensemble_decay=float("nan"))
+
+
+def test_the_checkpoint_can_turn_ensembling_on(tmp_path):
+    torch.manual_seed(0)
+    config = dataclasses.replace(load_model_config("tiny"), ensemble_decay=0.5)
+    normalizer = Normalizer(obs_mean=np.zeros(15), obs_std=np.ones(15))
+    path = save_checkpoint(tmp_path, 1, DreamVLA(config).state_dict(), config={"model_config": config.to_dict()},
+                           normalization=normalizer.to_dict())
+    policy = make_checkpoint_policy(str(path))
+    assert policy.ensemble_decay == 0.5 and policy.action_horizon == 1
+    assert make_checkpoint_policy(str(path), ensemble_decay=0.0).ensemble_decay == 0.0
+    with pytest.raises(ValueError, match="ensemble_decay must be null or a finite number"):
+        dataclasses.replace(config, ensemble_decay="fast")
 
 
 @pytest.fixture(scope="module")
