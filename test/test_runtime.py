@@ -213,12 +213,17 @@ def test_noise_scale_zero_makes_the_policy_deterministic(checkpoint):
     assert not np.array_equal(a, noisy.predict_chunk(observation, "x"))
 
 
-def test_the_checkpoint_sets_the_action_horizon_unless_the_caller_does(tmp_path):
+def tiny_checkpoint_with(root, **changes):
+    """A random tiny checkpoint whose model config has ``changes`` (runtime settings the checkpoint carries)."""
     torch.manual_seed(0)
-    config = dataclasses.replace(load_model_config("tiny"), action_horizon=1)
+    config = dataclasses.replace(load_model_config("tiny"), **changes)
     normalizer = Normalizer(obs_mean=np.zeros(15), obs_std=np.ones(15))
-    path = save_checkpoint(tmp_path, 1, DreamVLA(config).state_dict(), config={"model_config": config.to_dict()},
+    return save_checkpoint(root, 1, DreamVLA(config).state_dict(), config={"model_config": config.to_dict()},
                            normalization=normalizer.to_dict())
+
+
+def test_the_checkpoint_sets_the_action_horizon_unless_the_caller_does(tmp_path):
+    path = tiny_checkpoint_with(tmp_path, action_horizon=1)
     policy = DreamPolicy.from_checkpoint(path, text_encoder=FakeText())
     assert policy.action_horizon == 1
     calls = []
@@ -273,16 +278,12 @@ def test_ensembling_step_samples_every_step_and_averages_the_last_chunks(checkpo
 
 
 def test_the_checkpoint_can_turn_ensembling_on(tmp_path):
-    torch.manual_seed(0)
-    config = dataclasses.replace(load_model_config("tiny"), ensemble_decay=0.5)
-    normalizer = Normalizer(obs_mean=np.zeros(15), obs_std=np.ones(15))
-    path = save_checkpoint(tmp_path, 1, DreamVLA(config).state_dict(), config={"model_config": config.to_dict()},
-                           normalization=normalizer.to_dict())
+    path = tiny_checkpoint_with(tmp_path, ensemble_decay=0.5)
     policy = make_checkpoint_policy(str(path))
     assert policy.ensemble_decay == 0.5 and policy.action_horizon == 1
     assert make_checkpoint_policy(str(path), ensemble_decay=0.0).ensemble_decay == 0.0
     with pytest.raises(ValueError, match="ensemble_decay must be null or a finite number"):
-        dataclasses.replace(config, ensemble_decay="fast")
+        dataclasses.replace(load_model_config("tiny"), ensemble_decay="fast")
 
 
 @pytest.fixture(scope="module")
