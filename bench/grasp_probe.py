@@ -57,14 +57,14 @@ def summarise(attempts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Success rate, first closings nearest the named block, median |offset| and mean offset at them."""
     if not attempts:
         raise ValueError("no attempts to summarise")
-    firsts = [a["closes"][0] for a in attempts if a["closes"]]
+    closed = [a for a in attempts if a["closes"]]
+    firsts = [a["closes"][0] for a in closed]
     offsets = np.array([c["offset"] for c in firsts]).reshape(-1, 3)
     return {
         "attempts": len(attempts),
         "success": float(np.mean([a["success"] for a in attempts])),
         "closed": len(firsts),
-        "first_close_on_named": float(np.mean([c["nearest"] == a["named"] for a, c in
-                                               zip([a for a in attempts if a["closes"]], firsts, strict=True)]))
+        "first_close_on_named": float(np.mean([a["closes"][0]["nearest"] == a["named"] for a in closed]))
         if firsts else float("nan"),
         "first_close_median_dist": float(np.median(np.linalg.norm(offsets, axis=1))) if firsts else float("nan"),
         "first_close_mean_offset": offsets.mean(axis=0).round(4).tolist() if firsts else [],
