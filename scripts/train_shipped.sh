@@ -10,7 +10,7 @@
 # collecting and packing, less SAVE_S (default 45) for validation and saving, and the cosine schedule
 # (trainer.total_steps) is sized to that time by a short speed probe (scripts/probe_train_speed.py).
 # Environment: DATA (default /dev/shm/playtable_D when it has room, else data/playtable_D),
-# WORKERS (default: all cores), PYTHON (default python3), BATCH, LR, STEPS (skip the probe),
+# WORKERS (default: all cores), EPISODE_LEN (frames per episode, default 1024), PYTHON (default python3), BATCH, LR, STEPS (skip the probe),
 # WINDOW (frames of each successful attempt annotated with its instruction; default 64 as in CALVIN:
 # the expert's rotations and lightbulb tasks take ~100 steps, so 160 labels whole attempts),
 # LABEL (collect's label mode: calvin, the default, or attempt: only each attempt's own frames),
@@ -41,7 +41,7 @@ if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; 
 fi
 echo "model=$MODEL data=$DATA episodes=$EPISODES workers=$WORKERS precision=$PRECISION batch=$BATCH lr=$LR"
 if [ ! -d "$DATA/training" ]; then
-  MUJOCO_GL=${MUJOCO_GL:-egl} $PY -m dream_policy collect scene=D num_episodes="$EPISODES" episode_len=1024 \
+  MUJOCO_GL=${MUJOCO_GL:-egl} $PY -m dream_policy collect scene=D num_episodes="$EPISODES" episode_len="${EPISODE_LEN:-1024}" \
     workers="$WORKERS" window="${WINDOW:-64}" label="${LABEL:-calvin}" out="$DATA"
 fi
 echo "collect took $(( $(date +%s) - T0 )) s"
