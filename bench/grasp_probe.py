@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default="checkpoint", choices=("checkpoint", "expert"))
     parser.add_argument("--ckpt", default="checkpoints/tiny_D")
-    parser.add_argument("--cache", default="none")
+    parser.add_argument("--cache", default="auto", help="DiT cache: auto (the checkpoint's schedule, as the eval), none, or a path")
     parser.add_argument("--noise-scale", type=float, default=None)
     parser.add_argument("--action-horizon", type=int, default=None)
     parser.add_argument("--ensemble-decay", type=float, default=None)
