@@ -144,6 +144,8 @@ class VisionConfig:
     #                             patch grid, sqrt(num_latents) x sqrt(num_latents): keeps where things are)
     resampler_depth: int = 1
     resampler_heads: int = 4
+    keypoints: int = 0  # > 0: a small CNN (half resolution) finds this many spatial soft-argmax keypoints per view,
+    #                     whose (x, y) are projected onto the image tokens (added; zero at initialisation)
     shared: bool = True  # one encoder for all views, else one per view
     freeze: bool = False  # freeze the patch encoder (the paper freezes its pretrained MAE ViT)
     timm_name: str = ""  # kind="timm": model name
@@ -159,6 +161,8 @@ class VisionConfig:
                             num_latents=self.num_latents, resampler_depth=self.resampler_depth,
                             resampler_heads=self.resampler_heads)
         check_dropout("VisionConfig", self.dropout)
+        if self.keypoints < 0:
+            raise ValueError(f"VisionConfig.keypoints={self.keypoints} must be >= 0 (0: no keypoint read-out)")
         if self.readout not in READOUTS:
             raise ValueError(f"VisionConfig.readout {self.readout!r} is not one of {list(READOUTS)}")
         if self.readout == "pool" and round(self.num_latents ** 0.5) ** 2 != self.num_latents:
@@ -374,6 +378,45 @@ class PatchPool(nn.Module):
 READOUTS = ("resampler", "pool")
 
 
+def soft_argmax_2d(logits: torch.Tensor) -> torch.Tensor:
+    """Spatial soft-argmax: score maps (B, K, H, W) -> expected positions (B, K, 2) as (x, y) in [-1, 1],
+    pixel centres, x to the right and y down: each map softmax-normalised over its pixels."""
+    B, K, H, W = logits.shape
+    weights = logits.flatten(2).softmax(dim=-1).view(B, K, H, W)
+    xs = torch.linspace(-1 + 1 / W, 1 - 1 / W, W, device=logits.device, dtype=weights.dtype)
+    ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=logits.device, dtype=weights.dtype)
+    x = (weights.sum(dim=2) * xs).sum(dim=-1)  # (B, K): marginal over rows, then expectation over columns
+    y = (weights.sum(dim=3) * ys).sum(dim=-1)
+    return torch.stack([x, y], dim=-1)
+
+
+class SpatialKeypoints(nn.Module):
+    """Normalised images (B, 3, S, S) -> image-token offsets (B, num_tokens, width) from ``keypoints``
+    spatial soft-argmax keypoints (Levine et al. 2016) of a small CNN at half the image resolution:
+    where things are, to the pixel, which the 8x8 patch grid and its pooled read-out blur. The last
+    layer starts at zero, so adding this to a trained encoder leaves its output unchanged until trained."""
+
+    def __init__(self, keypoints: int, num_tokens: int, width: int, channels: int = 32) -> None:
+        super().__init__()
+        self.num_tokens, self.width = num_tokens, width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, channels, 3, 2, 1), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, 1, 1), nn.GELU(),
+            nn.Conv2d(channels, keypoints, 1))
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.proj = nn.Sequential(nn.Linear(2 * keypoints, width), nn.GELU(), nn.Linear(width, num_tokens * width))
+        nn.init.zeros_(self.proj[-1].weight)
+        nn.init.zeros_(self.proj[-1].bias)
+
+    def keypoints(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, K, 2) keypoint positions in [-1, 1]."""
+        return soft_argmax_2d(self.features(x) * self.log_temperature.exp())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        points = self.keypoints(x)  # (B, K, 2)
+        return self.proj(points.flatten(1)).view(x.shape[0], self.num_tokens, self.width)
+
+
 class ViewEncoder(nn.Module):
     """uint8 images (B, 3, H, W) -> CLS (B, C) and resampled latents (B, num_latents, C)."""
 
@@ -387,10 +430,16 @@ class ViewEncoder(nn.Module):
         self.resampler = (PatchPool(config.num_latents) if config.readout == "pool" else
                           PerceiverResampler(config.num_latents, config.width, config.resampler_depth,
                                              config.resampler_heads))
+        self.keypoints = (SpatialKeypoints(config.keypoints, config.num_latents, config.width)
+                          if config.keypoints else None)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cls, patches = self.encoder(self.preprocess(images))  # (B, C), (B, N, C)
-        return cls, self.resampler(patches)
+        x = self.preprocess(images)  # (B, 3, S, S)
+        cls, patches = self.encoder(x)  # (B, C), (B, N, C)
+        latents = self.resampler(patches)  # (B, num_latents, C)
+        if self.keypoints is not None:
+            latents = latents + self.keypoints(x)
+        return cls, latents
 
 
 class VisionEncoder(nn.Module):

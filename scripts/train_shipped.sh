@@ -15,7 +15,8 @@
 # the expert's rotations and lightbulb tasks take ~100 steps, so 160 labels whole attempts),
 # LABEL (collect's label mode: calvin, the default, or attempt: only each attempt's own frames),
 # COMPILE (trainer.compile mode, e.g. reduce-overhead; default off), MODEL (configs/model/<MODEL>.yaml,
-# default tiny), EXTRA (more train overrides, e.g. "pad_history=true start_repeat=3").
+# default tiny), EXTRA (more train overrides, e.g. "pad_history=true start_repeat=3"; "init=DIR" fine-tunes),
+# COLLECT_EXTRA (more collect overrides, e.g. "seed=21").
 set -euo pipefail
 RUN=${1:?usage: train_shipped.sh RUN_DIR [EPISODES] [MINUTES]}
 EPISODES=${2:-96}
@@ -42,7 +43,7 @@ fi
 echo "model=$MODEL data=$DATA episodes=$EPISODES workers=$WORKERS precision=$PRECISION batch=$BATCH lr=$LR"
 if [ ! -d "$DATA/training" ]; then
   MUJOCO_GL=${MUJOCO_GL:-egl} $PY -m dream_policy collect scene=D num_episodes="$EPISODES" episode_len="${EPISODE_LEN:-1024}" \
-    workers="$WORKERS" window="${WINDOW:-64}" label="${LABEL:-calvin}" out="$DATA"
+    workers="$WORKERS" window="${WINDOW:-64}" label="${LABEL:-calvin}" out="$DATA" ${COLLECT_EXTRA:-}
 fi
 echo "collect took $(( $(date +%s) - T0 )) s"
 if [ ! -d "$PACKED/training" ]; then

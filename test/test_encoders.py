@@ -12,11 +12,13 @@ from dream_policy.encoders import (
     PatchPool,
     PerceiverResampler,
     ProprioEncoder,
+    SpatialKeypoints,
     VisionConfig,
     VisionEncoder,
     build_text_encoder,
     random_color,
     random_shift,
+    soft_argmax_2d,
 )
 
 
@@ -126,7 +128,8 @@ def test_timm_kind_is_lazy_and_clear():
                                           ({"kind": "resnet", "patch": 12}, "patch=12"),
                                           ({"kind": "timm"}, "timm_name"), ({"num_latents": 0}, "num_latents"),
                                           ({"readout": "mlp"}, "'mlp'"),
-                                          ({"readout": "pool", "num_latents": 8}, "num_latents=8")])
+                                          ({"readout": "pool", "num_latents": 8}, "num_latents=8"),
+                                          ({"keypoints": -1}, "keypoints=-1")])
 def test_vision_config_errors_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VisionConfig(**kwargs)
@@ -207,3 +210,55 @@ def test_augmentation_only_in_training_mode():
     assert not torch.equal(pre(images), pre(images))
     with pytest.raises(ValueError, match="augment_shift=8"):
         VisionConfig(image_size=16, patch=8, augment_shift=8)
+
+
+def test_soft_argmax_finds_a_sharp_peak_and_centres_a_flat_map():
+    logits = torch.zeros(1, 2, 8, 16)
+    logits[0, 0, 6, 3] = 50.0  # row 6 of 8, column 3 of 16: pixel centres at -1 + (2i + 1) / n
+    points = soft_argmax_2d(logits)
+    torch.testing.assert_close(points[0, 0], torch.tensor([-1 + 7 / 16, -1 + 13 / 8]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(points[0, 1], torch.zeros(2), atol=1e-6, rtol=0)  # flat: the image centre
+
+
+def test_keypoint_readout_starts_as_a_no_op_and_then_trains():
+    kw = {"image_size": 64, "patch": 8, "width": 32, "depth": 1, "heads": 4, "resampler_heads": 4, "num_latents": 4}
+    plain = VisionEncoder(VisionConfig(**kw), ("static",)).eval()
+    torch.manual_seed(1)
+    with_kp = VisionEncoder(VisionConfig(keypoints=8, **kw), ("static",)).eval()
+    missing, unexpected = with_kp.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".keypoints." in k for k in missing)
+    x = {"static": images(3)["static"]}
+    torch.testing.assert_close(with_kp(x)["static"][1], plain(x)["static"][1])  # zero last layer: unchanged
+    _, latents = with_kp.train()(x)["static"]
+    latents.square().sum().backward()
+    grads = {n: p.grad for n, p in with_kp.named_parameters() if ".keypoints." in n}
+    assert grads["encoders.shared.keypoints.proj.2.weight"].abs().sum() > 0  # learning starts at the last layer
+
+
+def test_spatial_keypoints_learn_where_a_square_is():
+    """A keypoint net and a linear read-out of its (x, y) learn to place a red square in a 32x32 image
+    to within a pixel or two: what the 8x8 patch grid blurs."""
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        corners = torch.randint(0, 28, (n, 2), generator=g)
+        img = torch.rand(n, 3, 32, 32, generator=g) * 0.2
+        for i, (r, c) in enumerate(corners.tolist()):
+            img[i, 0, r:r + 4, c:c + 4] = 1.0
+        centre = (corners.float() + 2.0) / 16 - 1  # (row, col) in [-1, 1]
+        return img, centre.flip(-1)  # (x, y)
+
+    torch.manual_seed(0)
+    net = SpatialKeypoints(keypoints=4, num_tokens=1, width=8, channels=8)
+    head = torch.nn.Linear(8, 2)
+    opt = torch.optim.Adam([*net.features.parameters(), net.log_temperature, *head.parameters()], lr=1e-2)
+    for _ in range(300):
+        img, target = batch(32)
+        loss = (head(net.keypoints(img).flatten(1)) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    img, target = batch(256)
+    with torch.no_grad():
+        error_px = (head(net.keypoints(img).flatten(1)) - target).abs().mean() * 16
+    assert error_px < 1.5, f"mean position error {error_px:.2f} px"
