@@ -115,6 +115,19 @@ def initial_model(init: str | Path, changes: Mapping[str, Any] | None = None) ->
     return network, Normalizer.from_dict(load_normalization(init))
 
 
+def data_statistics(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The statistics of the first data root's training split (packed or not), as its loader reads them."""
+    from dream_policy.data.normalization import load_or_compute_statistics
+    from dream_policy.data.packed import is_packed, load_packed_statistics
+
+    root = data_roots(cfg["data"])[0]
+    if is_packed(root):
+        return load_packed_statistics(root / "training")
+    stats = Path(cfg["trainer"]["out_dir"]) / "normalization_stats.json"
+    stats.parent.mkdir(parents=True, exist_ok=True)
+    return load_or_compute_statistics(root / "training", stats, int(cfg.get("stats_stride", 1)))
+
+
 def train_command(cfg: Mapping[str, Any]) -> None:
     """CLI: build the model and data from ``cfg`` and train (or resume)."""
     from omegaconf import OmegaConf
@@ -137,6 +150,9 @@ def train_command(cfg: Mapping[str, Any]) -> None:
             say(f"  {key}: saved values kept in the leading part, the rest newly initialised")
         for key in network.fresh:
             say(f"  {key}: added by the change, starts from its initialisation")
+        if cfg.get("wrap_angles") and not normalizer.angle_dims:
+            normalizer = normalizer.with_angles(data_statistics(cfg))
+            say(f"  angles {list(normalizer.angle_dims)} of robot_obs now measured circularly (wrap_angles=true)")
     else:
         model = cfg["model"]
         if isinstance(model, str):  # a plain mapping (tests, scripts) may still name the config

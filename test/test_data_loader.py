@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from dream_policy.data.features import FrameError
 from dream_policy.data.loader import TARGET_NAMES, CalvinWindowDataset, FrameCache, target_names
+from dream_policy.data.normalization import wrap_angle
 from dream_policy.data.windows import (
     ANN,
     EPISODE,
@@ -43,8 +44,10 @@ def frame_arrays(rng: np.random.Generator, frame_id: int) -> dict[str, np.ndarra
     scene[6] = 0.01 * frame_id if frame_id >= 50 else 0.0
     rel = rng.uniform(-1, 1, 7)
     rel[6] = rng.choice([-1.0, 1.0])
+    robot_obs = rng.normal(size=15) * 3 + 1
+    robot_obs[3:6] = wrap_angle(robot_obs[3:6])  # Euler angles, as a simulator reports them
     return {
-        "actions": rng.normal(size=7), "rel_actions": rel, "robot_obs": rng.normal(size=15) * 3 + 1,
+        "actions": rng.normal(size=7), "rel_actions": rel, "robot_obs": robot_obs,
         "scene_obs": scene,
         "rgb_static": rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
         "rgb_gripper": rng.integers(0, 256, (84, 84, 3), dtype=np.uint8),
@@ -208,7 +211,9 @@ def test_samples_match_the_stored_frames(split: Path) -> None:
         assert np.array_equal(h["rgb_static"][0].numpy(), stored(split, t - 2, "rgb_static").transpose(2, 0, 1))
         raw = np.stack([stored(split, i, "robot_obs") for i in range(t - 2, t + 1)])
         assert h["robot_obs"].shape == (3, 15)
-        np.testing.assert_allclose(h["robot_obs"].numpy(), (raw - norm.obs_mean) / norm.obs_std, rtol=1e-5)
+        centred = raw - norm.obs_mean
+        centred[:, 3:6] = (centred[:, 3:6] + np.pi) % (2 * np.pi) - np.pi  # angles: about their circular mean
+        np.testing.assert_allclose(h["robot_obs"].numpy(), centred / norm.obs_std, rtol=1e-5, atol=1e-6)
         assert np.array_equal(s["lang_emb"].numpy(), ann["language"]["emb"][a, 0])
         assert np.array_equal(s["targets"]["depth_static"].numpy(), stored(split, t + 2, "depth_static"))
 

@@ -20,6 +20,7 @@ from dream_policy.data.normalization import (
     clip_actions,
     compute_statistics,
     load_or_compute_statistics,
+    wrap_angle,
 )
 from sim.calvin_dataset import STATISTICS_FILE, frame_file
 
@@ -94,10 +95,13 @@ def test_statistics_name_a_bad_frame(tmp_path: Path) -> None:
 
 def test_normalizer_round_trip(split: Path) -> None:
     norm = Normalizer.from_statistics(compute_statistics(split))
+    assert norm.angle_dims == (3, 4, 5)
     obs = all_values(split, "robot_obs")
     z = norm.normalize_obs(obs)
-    np.testing.assert_allclose(z.mean(0), 0, atol=1e-9)
-    np.testing.assert_allclose(z.std(0), 1, rtol=1e-9)
+    linear = [d for d in range(15) if d not in norm.angle_dims]
+    np.testing.assert_allclose(z[:, linear].mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(z[:, linear].std(0), 1, rtol=1e-9)
+    assert np.all(np.abs(z[:, 3:6] * norm.obs_std[3:6]) <= np.pi)  # wrapped difference from the circular mean
     np.testing.assert_allclose(norm.unnormalize_obs(z), obs, rtol=1e-12)
     tensor = torch.from_numpy(obs).float()
     back = norm.unnormalize_obs(norm.normalize_obs(tensor))
@@ -129,3 +133,79 @@ def test_actions_outside_the_calvin_range_warn() -> None:
              "rel_actions": {"min": [-1.0, -3.0], "max": [1.0, 0.5]}}
     with pytest.warns(UserWarning, match=r"rel_actions dims \[1\] exceed"):
         Normalizer.from_statistics(stats)
+
+
+def gripper_down_rolls(n: int = 4000, spread: float = 0.05, seed: int = 0) -> np.ndarray:
+    """(n, 15) proprio whose roll sits at the wrap, as a gripper pointing down does (+3.13, -3.14, ...)."""
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, 15))
+    obs[:, 3] = wrap_angle(np.pi + rng.normal(0, spread, n))
+    obs[:, 4] = rng.normal(0.0, 0.1, n)
+    obs[:, 5] = wrap_angle(1.5 + rng.normal(0, 0.2, n))
+    return obs
+
+
+def test_circular_statistics_of_a_roll_at_the_wrap() -> None:
+    obs = gripper_down_rolls()
+    stats = RunningStats(15, angle_dims=(3, 4, 5))
+    for batch in np.array_split(obs, 7):  # merged batch by batch like the streaming pass
+        stats.update(batch)
+    d = stats.to_dict()
+    assert d["angle_dims"] == [3, 4, 5]
+    assert abs(wrap_angle(d["circ_mean"][0] - np.pi)) < 0.005 and abs(d["circ_std"][0] - 0.05) < 0.005
+    assert abs(d["circ_mean"][2] - 1.5) < 0.01 and abs(d["circ_std"][2] - 0.2) < 0.01
+    assert d["std"][3] > 2.5  # the linear std sees two clusters at +-pi
+    with pytest.raises(ValueError, match="angle_dims"):
+        RunningStats(4, angle_dims=(4,))
+
+
+def test_a_turn_across_the_wrap_is_a_small_change_of_the_input() -> None:
+    obs = gripper_down_rolls()
+    stats = RunningStats(15, angle_dims=(3, 4, 5))
+    stats.update(obs)
+    circular = Normalizer.from_statistics({"robot_obs": stats.to_dict()})
+    plain = {k: v for k, v in stats.to_dict().items() if not k.startswith(("circ", "angle"))}
+    linear = Normalizer.from_statistics({"robot_obs": plain})  # statistics without the circular ones
+    assert linear.angle_dims == ()
+    a, b = np.zeros(15), np.zeros(15)
+    a[3], b[3] = np.pi - 0.01, -np.pi + 0.01  # 0.02 rad apart, on both sides of the wrap
+    assert abs(circular.normalize_obs(a)[3] - circular.normalize_obs(b)[3]) < 0.5  # 0.02 / 0.05
+    assert abs(linear.normalize_obs(a)[3] - linear.normalize_obs(b)[3]) > 1.5  # 2 pi / ~3
+    t = torch.from_numpy(np.stack([a, b]))  # torch inputs take the same path
+    np.testing.assert_allclose(circular.normalize_obs(t).numpy(), circular.normalize_obs(np.stack([a, b])))
+    z = circular.normalize_obs(obs)
+    assert abs(z[:, 3].mean()) < 0.05 and abs(z[:, 3].std() - 1) < 0.05
+    np.testing.assert_allclose(circular.unnormalize_obs(z), obs, atol=1e-9)
+
+
+def test_saved_normalisers_without_angles_stay_linear_and_can_be_upgraded() -> None:
+    obs = gripper_down_rolls()
+    stats = RunningStats(15, angle_dims=(3, 4, 5))
+    stats.update(obs)
+    old = Normalizer(np.asarray(stats.to_dict()["mean"]), np.asarray(stats.to_dict()["std"]))
+    saved = old.to_dict()
+    del saved["angle_dims"]  # as checkpoints saved before angles were wrapped
+    restored = Normalizer.from_dict(saved)
+    assert restored.angle_dims == ()
+    np.testing.assert_array_equal(restored.normalize_obs(obs), (obs - old.obs_mean) / old.obs_std)
+    upgraded = restored.with_angles({"robot_obs": stats.to_dict()})
+    assert upgraded.angle_dims == (3, 4, 5)
+    keep = [0, 1, 2, *range(6, 15)]
+    np.testing.assert_array_equal(upgraded.normalize_obs(obs)[:, keep], restored.normalize_obs(obs)[:, keep])
+    assert upgraded.normalize_obs(obs)[:, 3].std() < 1.5  # no longer two clusters
+    with pytest.raises(ValueError, match="circ_mean"):
+        restored.with_angles({"robot_obs": {"mean": [0.0] * 15}})
+    with pytest.raises(ValueError, match="angle_dims"):
+        Normalizer(np.zeros(3), np.ones(3), angle_dims=(3,))
+
+
+def test_statistics_saved_before_the_angles_were_kept_are_recomputed(tmp_path: Path) -> None:
+    root = make_split(tmp_path / "training", drop=("rgb_static", "depth_static"))
+    stats = load_or_compute_statistics(root)
+    for key in ("circ_mean", "circ_std", "angle_dims"):
+        del stats["robot_obs"][key]
+    (root / STATS_FILE).write_text(json.dumps(stats))
+    with pytest.warns(UserWarning, match="predates the circular statistics"):
+        again = load_or_compute_statistics(root)
+    assert len(again["robot_obs"]["circ_mean"]) == 3
+    assert "circ_mean" in json.loads((root / STATS_FILE).read_text())["robot_obs"]

@@ -19,6 +19,7 @@ from dream_policy.data.packed import (
     PackedUnion,
     PackedWindowDataset,
     is_packed,
+    load_packed_statistics,
     pack_dataset,
     resize_images,
 )
@@ -52,6 +53,18 @@ def test_pack_writes_every_split_with_its_meta(source: Path, packed: Path) -> No
     assert set(meta["targets"]) == set(TARGET_NAMES)
     assert np.load(packed / "training" / "rgb_static.npy", mmap_mode="r").shape == (60, IMAGE, IMAGE, 3)
     assert not (packed.parent / "data.packing").exists()
+
+
+def test_a_copy_packed_before_the_circular_statistics_gets_them(packed: Path, tmp_path: Path) -> None:
+    split = tmp_path / "training"
+    shutil.copytree(packed / "training", split)
+    fresh = json.loads((split / "normalization_stats.json").read_text())
+    assert fresh["robot_obs"]["angle_dims"] == [3, 4, 5]
+    old = {**fresh, "robot_obs": {k: v for k, v in fresh["robot_obs"].items() if not k.startswith(("circ", "angle"))}}
+    (split / "normalization_stats.json").write_text(json.dumps(old))
+    assert load_packed_statistics(split) == fresh
+    assert json.loads((split / "normalization_stats.json").read_text()) == fresh  # saved back
+    assert PackedWindowDataset(tmp_path, "training", **WINDOW).normalizer.angle_dims == (3, 4, 5)
 
 
 def test_packed_samples_equal_the_streamed_samples_resized(source: Path, packed: Path) -> None:

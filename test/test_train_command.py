@@ -86,3 +86,27 @@ def test_init_fine_tunes_from_a_checkpoint(tmp_path):
 def test_train_without_data_is_a_usage_error(capsys):
     assert main(["train"]) == 2
     assert "needs a value for data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_wrap_angles_upgrades_an_older_checkpoints_normalisation(tmp_path):
+    """A checkpoint saved before angles were measured circularly keeps its normalisation when fine-tuned,
+    unless wrap_angles=true: then its Euler angles take the new data's circular statistics, the rest stays."""
+    import json
+
+    data = tmp_path / "data"
+    make_split(data / "training")
+    assert train(data, tmp_path / "base", 2, "model.dit.depth=1") == 0
+    base = tmp_path / "base" / "checkpoints" / "step_00000002"
+    assert load_normalization(base)["angle_dims"] == [3, 4, 5]  # new runs measure angles circularly
+    old = {**load_normalization(base), "obs_mean": [0.5] * 15, "obs_std": [2.0] * 15}
+    del old["angle_dims"]  # as saved before
+    (base / "normalization.json").write_text(json.dumps(old))
+    assert train(data, tmp_path / "kept", 2, f"init={base}", "trainer.lr=1e-12") == 0
+    kept = load_normalization(tmp_path / "kept" / "checkpoints" / "step_00000002")
+    assert kept["angle_dims"] == [] and kept["obs_mean"] == old["obs_mean"]
+    assert train(data, tmp_path / "wrapped", 2, f"init={base}", "wrap_angles=true", "trainer.lr=1e-12") == 0
+    wrapped = load_normalization(tmp_path / "wrapped" / "checkpoints" / "step_00000002")
+    assert wrapped["angle_dims"] == [3, 4, 5]
+    assert [wrapped["obs_mean"][d] for d in (0, 1, 2, *range(6, 15))] == [0.5] * 12
+    assert all(wrapped["obs_mean"][d] != 0.5 and wrapped["obs_std"][d] != 2.0 for d in (3, 4, 5))

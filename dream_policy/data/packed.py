@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -52,10 +51,10 @@ from sim.calvin_dataset import (
 )
 
 from .colour_negatives import COLOURS, negative_table
-from .named_block import NO_BLOCK, block_offsets, named_blocks
 from .features import LANG_FEATURE, POLICY_FEATURES, dynamic_mask, moved_segment_ids, read_frame
 from .loader import ACTION_KEY, CAMERAS, PROPRIO_KEY, SCENE_KEY, TARGET_NAMES, _available, target_names
-from .normalization import STATS_FILE, Normalizer, RunningStats, clip_actions
+from .named_block import NO_BLOCK, block_offsets, named_blocks
+from .normalization import ANGLE_DIMS, STATS_FILE, Normalizer, RunningStats, clip_actions
 from .windows import (
     ANN,
     EPISODE,
@@ -209,11 +208,7 @@ def pack_split(src: str | Path, dst: str | Path, image_size: int, target_size: i
         if (src / extra).is_file():
             (dst / extra).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / extra, dst / extra)
-    stats = {}
-    for key in LOWDIM_KEYS:
-        running = RunningStats(specs[key][0][0])
-        running.update(np.load(dst / f"{key}.npy", mmap_mode="r"))
-        stats[key] = {**running.to_dict(), "stride": 1}
+    stats = {key: packed_statistics(dst, key) for key in LOWDIM_KEYS}
     (dst / STATS_FILE).write_text(json.dumps(stats, indent=1), encoding="utf-8")
     meta = {"format": FORMAT, "image_size": image_size, "target_size": target_size, "forecast_n": forecast_n,
             "frames": len(frame_ids), "targets": targets, "source": str(src.resolve()),
@@ -242,6 +237,28 @@ def pack_dataset(src: str | Path, dst: str | Path, image_size: int, target_size:
         shutil.rmtree(dst)
     os.replace(tmp, dst)
     return metas
+
+
+def packed_statistics(split: Path, key: str) -> dict[str, Any]:
+    """Statistics of one low-dimensional array of a packed split (with the angles' circular ones)."""
+    values = np.load(split / f"{key}.npy", mmap_mode="r")
+    running = RunningStats(values.shape[1], angle_dims=ANGLE_DIMS.get(key, ()))
+    running.update(values)
+    return {**running.to_dict(), "stride": 1}
+
+
+def load_packed_statistics(split: Path) -> dict[str, Any]:
+    """The split's statistics; a copy packed before the angles' circular statistics were kept gets
+    them added (from its own ``robot_obs.npy``, a quick pass) and saved."""
+    path = split / STATS_FILE
+    stats = json.loads(path.read_text(encoding="utf-8"))
+    if PROPRIO_KEY in stats and "circ_mean" not in stats[PROPRIO_KEY]:
+        stats[PROPRIO_KEY] = packed_statistics(split, PROPRIO_KEY)
+        try:
+            path.write_text(json.dumps(stats, indent=1), encoding="utf-8")
+        except OSError:
+            pass  # read-only copy: recomputed next time, same values
+    return stats
 
 
 def is_packed(root: str | Path, split: str = "training") -> bool:
@@ -330,8 +347,7 @@ class PackedWindowDataset(Dataset):
         rows = row_of[self.samples[:, T]]
         if np.any(rows < 0):
             raise PackedDataError(f"{self.root}: sample frames missing from {FRAME_IDS_FILE}")
-        self.normalizer = normalizer or Normalizer.from_statistics(
-            json.loads((self.root / STATS_FILE).read_text(encoding="utf-8")))
+        self.normalizer = normalizer or Normalizer.from_statistics(load_packed_statistics(self.root))
         self.observation_keys = [*IMAGE_KEYS, PROPRIO_KEY]
         self._rows = torch.from_numpy(rows).to(self.device)
         self._first_rows = None  # pad_history: each sample's earliest history row
