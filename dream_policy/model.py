@@ -354,19 +354,21 @@ class DreamVLA(nn.Module):
 
     @torch.no_grad()
     def predict_chunk(self, batch_obs: dict[str, Any], generator: torch.Generator | None = None,
-                      block_hook: Any = None) -> torch.Tensor:
+                      block_hook: Any = None, noise_scale: float | None = None) -> torch.Tensor:
         """Action chunk (B, chunk, 7) by DDIM with classifier-free guidance; world heads are skipped.
 
         Call ``eval()`` first (dropout); ``generator`` makes the sample reproducible. ``block_hook``
-        (``dream_policy.dit_cache``: ``CachedBlocks`` or ``BlockRecorder``) runs the DiT through it.
+        (``dream_policy.dit_cache``: ``CachedBlocks`` or ``BlockRecorder``) runs the DiT through it;
+        ``noise_scale`` overrides the config's sampling temperature for this sample.
         """
         cond = self.features(batch_obs)["action"]  # (B, A, D)
-        return self.sample_actions(cond, generator, block_hook)
+        return self.sample_actions(cond, generator, block_hook, noise_scale)
 
     @torch.no_grad()
     def sample_actions(self, cond: torch.Tensor, generator: torch.Generator | None = None,
-                       block_hook: Any = None) -> torch.Tensor:
-        """The DiT head alone: DDIM from noise to an action chunk (B, chunk, 7) given cond (B, A, D)."""
+                       block_hook: Any = None, noise_scale: float | None = None) -> torch.Tensor:
+        """The DiT head alone: DDIM from noise to an action chunk (B, chunk, 7) given cond (B, A, D),
+        starting from ``noise_scale`` (None: the config's) times unit noise."""
         cfg = self.config
         model_fn, on_step = self.dit, None
         if block_hook is not None:
@@ -375,4 +377,5 @@ class DreamVLA(nn.Module):
             model_fn, on_step = hooked_model_fn(self.dit, block_hook), block_hook.start_step
         return self.schedule.ddim_sample(model_fn, (cond.shape[0], cfg.chunk, cfg.action_dim), cond,
                                          steps=cfg.ddim_steps, guidance=cfg.guidance, generator=generator,
-                                         clip_sample=cfg.clip_sample, on_step=on_step, noise_scale=cfg.noise_scale)
+                                         clip_sample=cfg.clip_sample, on_step=on_step,
+                                         noise_scale=cfg.noise_scale if noise_scale is None else noise_scale)

@@ -20,6 +20,9 @@ streaming backbone (``model.backbone.streaming``: rotary time, sliding window) t
 of earlier timesteps are kept too (``kv_cache=True``) and each new frame is the only timestep the
 backbone computes; an instruction change (the text token is context) restarts the stream from the
 frames held. Without the cache a streaming model recomputes the window (unpadded) each time. Observations go through ``preprocess_history``, the loader's own preprocessing.
+Stall escape (``stall_steps=n``, off by default): when the tool centre point has stayed within
+``stall_tol`` metres over the last ``n`` observations, chunks are sampled from ``stall_noise`` times
+unit noise (a higher temperature) until it moves again.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ class DreamPolicy:
     def __init__(self, model: DreamVLA, normalizer: Normalizer, text_encoder: TextEncoder,
                  device: str | torch.device = "cpu", seed: int = 0, action_horizon: int | None = None,
                  schedule: CacheSchedule | None = None, history_cache: bool = True, kv_cache: bool = True,
-                 ensemble_decay: float | None = None) -> None:
+                 ensemble_decay: float | None = None, stall_steps: int | None = None,
+                 stall_tol: float = 0.005, stall_noise: float = 1.0) -> None:
         chunk = model.config.chunk
         if ensemble_decay is None:  # the checkpoint's setting (None: no ensembling)
             ensemble_decay = model.config.ensemble_decay
@@ -66,6 +70,12 @@ class DreamPolicy:
         if self.ensemble_decay is not None and self.action_horizon != 1:
             raise ValueError(f"ensemble_decay={self.ensemble_decay} samples a chunk every step: it needs "
                              f"action_horizon=1, got {self.action_horizon}")
+        if stall_steps is not None and int(stall_steps) < 2:
+            raise ValueError(f"stall_steps={stall_steps} must be >= 2 (None: no stall escape)")
+        if not (np.isfinite(stall_tol) and stall_tol >= 0 and np.isfinite(stall_noise) and stall_noise >= 0):
+            raise ValueError(f"stall_tol={stall_tol} and stall_noise={stall_noise} must be finite numbers >= 0")
+        self.stall_steps = None if stall_steps is None else int(stall_steps)
+        self.stall_tol, self.stall_noise = float(stall_tol), float(stall_noise)
         self.model = model.to(device).eval()
         self.history_cache = history_cache
         self.schedule = None
@@ -83,14 +93,16 @@ class DreamPolicy:
                         cache: str | Path = "auto", history_cache: bool = True,
                         ddim_steps: int | None = None, kv_cache: bool = True,
                         guidance: float | None = None, noise_scale: float | None = None,
-                        ensemble_decay: float | None = None) -> DreamPolicy:
+                        ensemble_decay: float | None = None, stall_steps: int | None = None,
+                        stall_tol: float = 0.005, stall_noise: float = 1.0) -> DreamPolicy:
         """Restore a checkpoint folder written by ``dream-policy train``, or the latest one of a run
         (``checkpoint.checkpoint_folder``; ``cache``: see the module).
 
         ``ddim_steps`` overrides the number of DDIM denoising steps the checkpoint was configured with
         (a cache schedule must have been calibrated for the same number); ``guidance`` its
         classifier-free guidance scale (>= 1); ``noise_scale`` the scale of the noise each sample starts from;
-        ``ensemble_decay`` turns temporal ensembling on (see the module; None: the checkpoint's setting)."""
+        ``ensemble_decay`` turns temporal ensembling on (see the module; None: the checkpoint's setting);
+        ``stall_steps``, ``stall_tol``, ``stall_noise`` the stall escape (see the module)."""
         path = checkpoint_folder(path)
         overrides = {} if ddim_steps is None else {"ddim_steps": int(ddim_steps)}
         if guidance is not None:
@@ -102,7 +114,8 @@ class DreamPolicy:
         normalizer = Normalizer.from_dict(load_normalization(path))
         return cls(model, normalizer, text_encoder or build_text_encoder(config.text_encoder), device,
                    action_horizon=action_horizon, schedule=find_schedule(path, cache), history_cache=history_cache,
-                   kv_cache=kv_cache, ensemble_decay=ensemble_decay)
+                   kv_cache=kv_cache, ensemble_decay=ensemble_decay, stall_steps=stall_steps,
+                   stall_tol=stall_tol, stall_noise=stall_noise)
 
     def set_schedule(self, schedule: CacheSchedule | None, source: str = "cache schedule") -> None:
         """Run the DiT head under ``schedule`` (None: no caching); it must fit this model."""
@@ -126,6 +139,7 @@ class DreamPolicy:
         self._stream_instruction: str | None = None
         self._unstreamed = 0  # frames observed but not yet streamed through the backbone
         self._stream_action: torch.Tensor | None = None  # the newest streamed frame's action features
+        self._tcp: deque[np.ndarray] = deque(maxlen=self.stall_steps or 1)  # stall escape: recent TCP positions
 
     def observe(self, obs: dict[str, Any]) -> None:
         """Append one frame (rgb_static, rgb_gripper, robot_obs; other keys are ignored) to the history."""
@@ -183,17 +197,20 @@ class DreamPolicy:
         return self.sample_chunk(instruction)
 
     @torch.no_grad()
-    def sample_chunk(self, instruction: str) -> np.ndarray:
-        """The action chunk (chunk, 7) for the current history (``observe`` at least one frame first)."""
+    def sample_chunk(self, instruction: str, noise_scale: float | None = None) -> np.ndarray:
+        """The action chunk (chunk, 7) for the current history (``observe`` at least one frame first);
+        ``noise_scale`` overrides the checkpoint's sampling temperature for this chunk."""
         if not self._frames:
             raise RuntimeError("sample_chunk needs a history: observe(obs) at least one frame first")
         hook = CachedBlocks(self.schedule) if self.schedule is not None else None
         if self.kv_cache:
             lang = self.text_encoder.encode([instruction]).to(self.device)  # (1, lang_dim)
             cond = self._streamed_condition(lang, instruction)
-            chunk = self.model.sample_actions(cond, generator=self.generator, block_hook=hook)[0]
+            chunk = self.model.sample_actions(cond, generator=self.generator, block_hook=hook,
+                                              noise_scale=noise_scale)[0]
         else:
-            chunk = self.model.predict_chunk(self._batch(instruction), generator=self.generator, block_hook=hook)[0]
+            chunk = self.model.predict_chunk(self._batch(instruction), generator=self.generator, block_hook=hook,
+                                             noise_scale=noise_scale)[0]
         return clip_actions(chunk.cpu().numpy().astype(np.float64))
 
     def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
@@ -202,13 +219,28 @@ class DreamPolicy:
         if instruction != self._instruction:
             self._queue.clear()
             self._chunks.clear()
+            self._tcp.clear()
             self._instruction = instruction
+        noise = None
+        if self.stall_steps is not None:
+            self._tcp.append(np.asarray(obs["robot_obs"], np.float64)[:3])
+            if stalled(list(self._tcp), self.stall_steps, self.stall_tol):
+                noise = self.stall_noise
         if self.ensemble_decay is not None:
-            self._chunks.appendleft(self.sample_chunk(instruction))
+            self._chunks.appendleft(self.sample_chunk(instruction, noise))
             return ensemble_action(list(self._chunks), self.ensemble_decay)
         if not self._queue:
-            self._queue.extend(self.sample_chunk(instruction)[: self.action_horizon])
+            self._queue.extend(self.sample_chunk(instruction, noise)[: self.action_horizon])
         return self._queue.popleft()
+
+
+def stalled(positions: list[np.ndarray], steps: int, tol: float) -> bool:
+    """Whether the last ``steps`` positions (3-D) all lie within ``tol`` of their centre (bounding box
+    half-diagonal): the arm has not moved. False while fewer than ``steps`` positions are known."""
+    if len(positions) < steps:
+        return False
+    points = np.asarray(positions[-steps:], np.float64)
+    return bool(np.linalg.norm(points.max(axis=0) - points.min(axis=0)) / 2 <= tol)
 
 
 def ensemble_action(chunks: list[np.ndarray], decay: float) -> np.ndarray:
@@ -240,12 +272,14 @@ def find_schedule(ckpt: Path, cache: str | Path) -> CacheSchedule | None:
 def make_checkpoint_policy(ckpt: str | None = None, device: str = "cpu", action_horizon: int | None = None,
                            cache: str = "auto", ddim_steps: int | None = None, guidance: float | None = None,
                            noise_scale: float | None = None, ensemble_decay: float | None = None,
+                           stall_steps: int | None = None, stall_tol: float = 0.005, stall_noise: float = 1.0,
                            **_: object) -> DreamPolicy:
     """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k] [cache=auto|none|PATH] [ddim_steps=n]
-    [guidance=g] [noise_scale=s] [ensemble_decay=m]``)."""
+    [guidance=g] [noise_scale=s] [ensemble_decay=m] [stall_steps=n stall_tol=m stall_noise=s]``)."""
     if not ckpt:
         raise ValueError("policy=checkpoint needs ckpt=PATH (a checkpoint folder from dream-policy train)")
     torch.set_num_threads(1)  # small networks on a 2-core CPU: threads cost more than they give
     return DreamPolicy.from_checkpoint(ckpt, device, action_horizon=action_horizon, cache=cache,
                                        ddim_steps=ddim_steps, guidance=guidance, noise_scale=noise_scale,
-                                       ensemble_decay=ensemble_decay)
+                                       ensemble_decay=ensemble_decay, stall_steps=stall_steps,
+                                       stall_tol=stall_tol, stall_noise=stall_noise)

@@ -356,6 +356,10 @@ def policy_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
         options["noise_scale"] = float(cfg["noise_scale"])
     if cfg.get("ensemble_decay") is not None:
         options["ensemble_decay"] = float(cfg["ensemble_decay"])
+    if cfg.get("stall_steps") is not None:
+        options["stall_steps"] = int(cfg["stall_steps"])
+        options["stall_tol"] = float(cfg.get("stall_tol", 0.005))
+        options["stall_noise"] = float(cfg.get("stall_noise", 1.0))
     return options
 
 

@@ -12,7 +12,7 @@ import torch
 from dream_policy.checkpoint import save_checkpoint
 from dream_policy.data.normalization import Normalizer
 from dream_policy.model import DreamVLA, load_model_config
-from dream_policy.runtime import DreamPolicy, ensemble_action, make_checkpoint_policy
+from dream_policy.runtime import DreamPolicy, ensemble_action, make_checkpoint_policy, stalled
 
 
 class FakeText:
@@ -78,7 +78,7 @@ def test_step_plays_action_horizon_actions_per_chunk(checkpoint, horizon):
     policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), action_horizon=horizon)
     chunks = []
     real = policy.sample_chunk
-    policy.sample_chunk = lambda instruction: chunks.append(real(instruction)) or chunks[-1]
+    policy.sample_chunk = lambda instruction, noise=None: chunks.append(real(instruction, noise)) or chunks[-1]
     rng = np.random.default_rng(4)
     actions = [policy.step(obs(rng), "open the drawer") for _ in range(6)]
     assert len(chunks) == 6 // horizon
@@ -91,7 +91,7 @@ def test_new_instruction_or_reset_drops_queued_actions(checkpoint):
     policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), action_horizon=3)
     calls = []
     real = policy.sample_chunk
-    policy.sample_chunk = lambda instruction: calls.append(instruction) or real(instruction)
+    policy.sample_chunk = lambda instruction, noise=None: calls.append(instruction) or real(instruction, noise)
     rng = np.random.default_rng(5)
     policy.step(obs(rng), "open the drawer")
     policy.step(obs(rng), "close the drawer")
@@ -228,7 +228,7 @@ def test_the_checkpoint_sets_the_action_horizon_unless_the_caller_does(tmp_path)
     assert policy.action_horizon == 1
     calls = []
     real = policy.sample_chunk
-    policy.sample_chunk = lambda instruction: calls.append(1) or real(instruction)
+    policy.sample_chunk = lambda instruction, noise=None: calls.append(1) or real(instruction, noise)
     rng = np.random.default_rng(6)
     for _ in range(3):
         policy.step(obs(rng), "open the drawer")
@@ -258,7 +258,7 @@ def test_ensembling_step_samples_every_step_and_averages_the_last_chunks(checkpo
     assert policy.action_horizon == 1
     chunks = []
     real = policy.sample_chunk
-    policy.sample_chunk = lambda instruction: chunks.append(real(instruction)) or chunks[-1]
+    policy.sample_chunk = lambda instruction, noise=None: chunks.append(real(instruction, noise)) or chunks[-1]
     rng = np.random.default_rng(8)
     actions = [policy.step(obs(rng), "open the drawer") for _ in range(5)]
     assert len(chunks) == 5
@@ -284,6 +284,46 @@ def test_the_checkpoint_can_turn_ensembling_on(tmp_path):
     assert make_checkpoint_policy(str(path), ensemble_decay=0.0).ensemble_decay == 0.0
     with pytest.raises(ValueError, match="ensemble_decay must be null or a finite number"):
         dataclasses.replace(load_model_config("tiny"), ensemble_decay="fast")
+
+
+def test_stalled_needs_the_whole_window_within_the_tolerance():
+    still = [np.array([0.1, 0.2, 0.5]) + 0.001 * k for k in range(5)]  # 5 steps, 4*sqrt(3) mm apart
+    assert not stalled(still[:4], 5, 0.005)  # too few positions yet
+    assert stalled(still, 5, 0.004)  # half the 6.9 mm diagonal: 3.5 mm
+    assert not stalled(still, 5, 0.003)
+    moved = still + [still[-1] + [0.02, 0, 0]]
+    assert not stalled(moved, 5, 0.005)  # the newest step left the box
+    assert stalled(moved + [moved[-1]] * 4, 5, 0.005)  # the last five are still again
+
+
+def test_a_stalled_arm_samples_at_the_stall_temperature(checkpoint):
+    """With stall_steps=n the chunk after n still observations comes from stall_noise; a moving
+    arm, a fresh instruction and a policy without the escape keep the checkpoint's temperature."""
+    policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), stall_steps=3,
+                                         stall_noise=2.0, action_horizon=1)
+    noises = []
+    real = policy.sample_chunk
+    policy.sample_chunk = lambda instruction, noise=None: noises.append(noise) or real(instruction, noise)
+    rng = np.random.default_rng(3)
+    frame = obs(rng)
+    for _ in range(4):
+        policy.step(frame, "open the drawer")
+    assert noises == [None, None, 2.0, 2.0]
+    moving = obs(rng)
+    moving["robot_obs"][:3] += 0.05
+    policy.step(moving, "open the drawer")
+    policy.step(frame, "close the drawer")  # a new instruction starts a new window
+    policy.step(frame, "close the drawer")
+    assert noises[4:] == [None, None, None]
+    cond = torch.randn(1, policy.model.config.action_queries, policy.model.config.backbone.width)
+    sample = lambda seed, noise: policy.model.sample_actions(cond, torch.Generator().manual_seed(seed),
+                                                             noise_scale=noise)
+    torch.testing.assert_close(sample(1, 0.0), sample(2, 0.0))  # the override reaches the sampler
+    assert not torch.allclose(sample(1, None), sample(2, None))  # the config's temperature: 1
+    with pytest.raises(ValueError, match="stall_steps=1 must be >= 2"):
+        DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), stall_steps=1)
+    with pytest.raises(ValueError, match="stall_noise=nan"):
+        make_checkpoint_policy(str(checkpoint), stall_steps=4, stall_noise=float("nan"))
 
 
 @pytest.fixture(scope="module")
