@@ -362,7 +362,7 @@ class DreamVLA(nn.Module):
         ``noise_scale`` overrides the config's sampling temperature for this sample.
         """
         cond = self.features(batch_obs)["action"]  # (B, A, D)
-        return self.sample_actions(cond, generator, block_hook, noise_scale)
+        return self.sample_actions(cond, generator, block_hook, noise_scale=noise_scale)
 
     @torch.no_grad()
     def sample_actions(self, cond: torch.Tensor, generator: torch.Generator | None = None,

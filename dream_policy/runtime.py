@@ -147,6 +147,8 @@ class DreamPolicy:
         if missing:
             raise KeyError(f"observation lacks {missing}; the policy needs {list(OBSERVATION_KEYS)}")
         self._frames.append({k: np.asarray(obs[k]) for k in OBSERVATION_KEYS})
+        if self.stall_steps is not None:
+            self._tcp.append(np.asarray(obs["robot_obs"], np.float64)[:3])
         self._frame_tokens.append(None)
         self._unstreamed += 1
 
@@ -199,9 +201,13 @@ class DreamPolicy:
     @torch.no_grad()
     def sample_chunk(self, instruction: str, noise_scale: float | None = None) -> np.ndarray:
         """The action chunk (chunk, 7) for the current history (``observe`` at least one frame first);
-        ``noise_scale`` overrides the checkpoint's sampling temperature for this chunk."""
+        ``noise_scale`` overrides the checkpoint's sampling temperature for this chunk (None: the
+        checkpoint's, or ``stall_noise`` while the arm is stalled)."""
         if not self._frames:
             raise RuntimeError("sample_chunk needs a history: observe(obs) at least one frame first")
+        if noise_scale is None and self.stall_steps is not None and stalled(list(self._tcp), self.stall_steps,
+                                                                            self.stall_tol):
+            noise_scale = self.stall_noise
         hook = CachedBlocks(self.schedule) if self.schedule is not None else None
         if self.kv_cache:
             lang = self.text_encoder.encode([instruction]).to(self.device)  # (1, lang_dim)
@@ -219,18 +225,15 @@ class DreamPolicy:
         if instruction != self._instruction:
             self._queue.clear()
             self._chunks.clear()
-            self._tcp.clear()
+            if self.stall_steps is not None:  # a new subtask: stillness is counted from its first frame
+                self._tcp.clear()
+                self._tcp.append(np.asarray(obs["robot_obs"], np.float64)[:3])
             self._instruction = instruction
-        noise = None
-        if self.stall_steps is not None:
-            self._tcp.append(np.asarray(obs["robot_obs"], np.float64)[:3])
-            if stalled(list(self._tcp), self.stall_steps, self.stall_tol):
-                noise = self.stall_noise
         if self.ensemble_decay is not None:
-            self._chunks.appendleft(self.sample_chunk(instruction, noise))
+            self._chunks.appendleft(self.sample_chunk(instruction))
             return ensemble_action(list(self._chunks), self.ensemble_decay)
         if not self._queue:
-            self._queue.extend(self.sample_chunk(instruction, noise)[: self.action_horizon])
+            self._queue.extend(self.sample_chunk(instruction)[: self.action_horizon])
         return self._queue.popleft()
 
 

@@ -302,8 +302,9 @@ def test_a_stalled_arm_samples_at_the_stall_temperature(checkpoint):
     policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), stall_steps=3,
                                          stall_noise=2.0, action_horizon=1)
     noises = []
-    real = policy.sample_chunk
-    policy.sample_chunk = lambda instruction, noise=None: noises.append(noise) or real(instruction, noise)
+    real = policy.model.sample_actions
+    policy.model.sample_actions = lambda *a, noise_scale=None, **k: (noises.append(noise_scale)
+                                                                      or real(*a, noise_scale=noise_scale, **k))
     rng = np.random.default_rng(3)
     frame = obs(rng)
     for _ in range(4):
@@ -315,6 +316,14 @@ def test_a_stalled_arm_samples_at_the_stall_temperature(checkpoint):
     policy.step(frame, "close the drawer")  # a new instruction starts a new window
     policy.step(frame, "close the drawer")
     assert noises[4:] == [None, None, None]
+    for _ in range(2):  # the ROS node's way: observe every tick, sample when it wants actions
+        policy.observe(frame)
+    policy.sample_chunk("close the drawer")
+    assert noises[7:] == [2.0]
+    policy.reset()
+    policy.observe(frame)
+    policy.sample_chunk("close the drawer")
+    assert noises[8:] == [None]  # reset forgets the positions
     cond = torch.randn(1, policy.model.config.action_queries, policy.model.config.backbone.width)
     sample = lambda seed, noise: policy.model.sample_actions(cond, torch.Generator().manual_seed(seed),
                                                              noise_scale=noise)
