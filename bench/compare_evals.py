@@ -4,7 +4,11 @@
 
 Each argument is ``label=DIR`` (or a bare DIR, labelled by its name), ``DIR/results.json`` being
 ``dream-policy eval``'s output. The runs should share their chains (same ``num_sequences`` and
-``chains_file``): the script refuses runs over different numbers of chains.
+``chains_file``): the script refuses runs over different numbers of chains. When the runs keep their
+per-chain records (``chains``) over the same chains, each run after the first is also compared with the
+first chain by chain: the mean paired difference of completed subtasks with its standard error, and how
+many chains it completed more or fewer subtasks of (evaluations are seeded per chain, so a runtime option
+that changes nothing on a chain leaves that chain's rollout as it was).
 """
 
 from __future__ import annotations
@@ -32,6 +36,30 @@ def table(runs: list[tuple[str, dict[str, Any]]]) -> str:
         rates = " / ".join(f"{x:.2f}" for x in r["chain_sr"])
         lines.append(f"| {label} | {r['num_chains']} | {r['avg_seq_len']:.2f} | {rates} |")
     return "\n".join(lines)
+
+
+def paired(base: dict[str, Any], other: dict[str, Any]) -> dict[str, float] | None:
+    """Chain-by-chain difference of completed subtasks (other - base): mean, standard error, number of
+    chains better and worse; None when either run lacks per-chain records or their chains differ."""
+    import numpy as np
+
+    a, b = base.get("chains"), other.get("chains")
+    if not a or not b or len(a) != len(b) or any(x["tasks"] != y["tasks"] for x, y in zip(a, b)):
+        return None
+    diff = np.array([y["num_successes"] - x["num_successes"] for x, y in zip(a, b)], np.float64)
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    return {"mean": float(diff.mean()), "se": se, "better": int((diff > 0).sum()), "worse": int((diff < 0).sum())}
+
+
+def paired_lines(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line per run after the first that can be paired with it."""
+    lines = []
+    for label, r in runs[1:]:
+        d = paired(runs[0][1], r)
+        if d is not None:
+            lines.append(f"{label} - {runs[0][0]}, paired: {d['mean']:+.3f} +- {d['se']:.3f} "
+                         f"({d['better']} chains better, {d['worse']} worse)")
+    return lines
 
 
 def plot(runs: list[tuple[str, dict[str, Any]]], path: Path) -> None:
@@ -68,6 +96,8 @@ def main() -> None:
     if len(counts) != 1:
         raise SystemExit(f"the runs cover different numbers of chains {sorted(counts)}: compare like with like")
     print(table(runs))
+    for line in paired_lines(runs):
+        print(line)
     if args.plot:
         plot(runs, Path(args.plot))
         print(f"plot: {args.plot}")

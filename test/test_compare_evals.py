@@ -43,3 +43,22 @@ def test_unlike_runs_and_missing_results_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["compare_evals.py", str(tmp_path / "nothing")])
     with pytest.raises(SystemExit, match="no such file"):
         compare.main()
+
+
+def test_runs_over_the_same_chains_are_compared_chain_by_chain(tmp_path, monkeypatch, capsys):
+    def run(name, successes, tasks=("open_drawer", "lift_red_block_table")):
+        folder = write_run(tmp_path / name, [0.5, 0, 0, 0, 0], chains=len(successes))
+        results = json.loads((folder / "results.json").read_text())
+        results["chains"] = [{"index": i, "tasks": list(tasks), "num_successes": n} for i, n in enumerate(successes)]
+        (folder / "results.json").write_text(json.dumps(results))
+        return folder
+
+    base, other = run("base", [0, 1, 2, 1]), run("other", [1, 1, 0, 2])
+    monkeypatch.setattr(sys, "argv", ["compare_evals.py", f"base={base}", f"new={other}"])
+    compare.main()
+    # differences 1, 0, -2, 1: mean 0, sample std sqrt(2), se sqrt(2)/2
+    assert "new - base, paired: +0.000 +- 0.707 (2 chains better, 1 worse)" in capsys.readouterr().out
+    elsewhere = run("elsewhere", [1, 1, 0, 2], tasks=("close_drawer",))
+    assert compare.paired(json.loads((base / "results.json").read_text()),
+                          json.loads((elsewhere / "results.json").read_text())) is None  # other chains
+    assert compare.paired({"chain_sr": []}, {"chain_sr": []}) is None  # no per-chain records
