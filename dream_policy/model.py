@@ -80,6 +80,11 @@ class DreamVLAConfig:
     # runtime temporal ensembling (None: off): a chunk is sampled every step and the action played is the
     # weighted mean of what the last ``chunk`` chunks predicted for this step, weight exp(-decay * age)
     ensemble_decay: float | None = None
+    # runtime stall escape (None: off): while the TCP stayed within stall_tol metres over the last
+    # stall_steps observations, chunks are sampled from stall_noise (instead of noise_scale) times unit noise
+    stall_steps: int | None = None
+    stall_tol: float = 0.005
+    stall_noise: float = 1.0
     # FiLM: the instruction scales and shifts every image token's channels (x * (1 + g(l)) + b(l), zero at
     # the start), a multiplicative path from "which block" in the sentence to where it is in the image
     lang_film: bool = False
@@ -121,6 +126,13 @@ class DreamVLAConfig:
         if self.ensemble_decay is not None and (isinstance(self.ensemble_decay, bool) or not isinstance(
                 self.ensemble_decay, (int, float)) or not math.isfinite(self.ensemble_decay)):
             raise ValueError(f"DreamVLAConfig.ensemble_decay must be null or a finite number, got {self.ensemble_decay!r}")
+        if self.stall_steps is not None and (isinstance(self.stall_steps, bool) or not isinstance(
+                self.stall_steps, int) or self.stall_steps < 2):
+            raise ValueError(f"DreamVLAConfig.stall_steps must be null or an integer >= 2, got {self.stall_steps!r}")
+        for name in ("stall_tol", "stall_noise"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"DreamVLAConfig.{name} must be a finite number >= 0, got {value!r}")
         expected = {"action_dim": self.action_dim, "chunk": self.chunk, "cond_dim": self.backbone.width,
                     "cond_tokens": self.action_queries}
         for name, value in expected.items():

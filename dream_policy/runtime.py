@@ -20,9 +20,9 @@ streaming backbone (``model.backbone.streaming``: rotary time, sliding window) t
 of earlier timesteps are kept too (``kv_cache=True``) and each new frame is the only timestep the
 backbone computes; an instruction change (the text token is context) restarts the stream from the
 frames held. Without the cache a streaming model recomputes the window (unpadded) each time. Observations go through ``preprocess_history``, the loader's own preprocessing.
-Stall escape (``stall_steps=n``, off by default): when the tool centre point has stayed within
-``stall_tol`` metres over the last ``n`` observations, chunks are sampled from ``stall_noise`` times
-unit noise (a higher temperature) until it moves again.
+Stall escape (``stall_steps=n``; None takes the checkpoint's setting, 0 turns it off): when the tool
+centre point has stayed within ``stall_tol`` metres over the last ``n`` observations, chunks are sampled
+from ``stall_noise`` times unit noise (a higher temperature) until it moves again.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class DreamPolicy:
                  device: str | torch.device = "cpu", seed: int = 0, action_horizon: int | None = None,
                  schedule: CacheSchedule | None = None, history_cache: bool = True, kv_cache: bool = True,
                  ensemble_decay: float | None = None, stall_steps: int | None = None,
-                 stall_tol: float = 0.005, stall_noise: float = 1.0) -> None:
+                 stall_tol: float | None = None, stall_noise: float | None = None) -> None:
         chunk = model.config.chunk
         if ensemble_decay is None:  # the checkpoint's setting (None: no ensembling)
             ensemble_decay = model.config.ensemble_decay
@@ -70,11 +70,14 @@ class DreamPolicy:
         if self.ensemble_decay is not None and self.action_horizon != 1:
             raise ValueError(f"ensemble_decay={self.ensemble_decay} samples a chunk every step: it needs "
                              f"action_horizon=1, got {self.action_horizon}")
-        if stall_steps is not None and int(stall_steps) < 2:
-            raise ValueError(f"stall_steps={stall_steps} must be >= 2 (None: no stall escape)")
+        stall_steps = model.config.stall_steps if stall_steps is None else int(stall_steps)
+        stall_tol = model.config.stall_tol if stall_tol is None else float(stall_tol)
+        stall_noise = model.config.stall_noise if stall_noise is None else float(stall_noise)
+        if stall_steps is not None and stall_steps != 0 and stall_steps < 2:
+            raise ValueError(f"stall_steps={stall_steps} must be >= 2 (0: no stall escape)")
         if not (np.isfinite(stall_tol) and stall_tol >= 0 and np.isfinite(stall_noise) and stall_noise >= 0):
             raise ValueError(f"stall_tol={stall_tol} and stall_noise={stall_noise} must be finite numbers >= 0")
-        self.stall_steps = None if stall_steps is None else int(stall_steps)
+        self.stall_steps = stall_steps or None  # None: off
         self.stall_tol, self.stall_noise = float(stall_tol), float(stall_noise)
         self.model = model.to(device).eval()
         self.history_cache = history_cache
@@ -94,7 +97,7 @@ class DreamPolicy:
                         ddim_steps: int | None = None, kv_cache: bool = True,
                         guidance: float | None = None, noise_scale: float | None = None,
                         ensemble_decay: float | None = None, stall_steps: int | None = None,
-                        stall_tol: float = 0.005, stall_noise: float = 1.0) -> DreamPolicy:
+                        stall_tol: float | None = None, stall_noise: float | None = None) -> DreamPolicy:
         """Restore a checkpoint folder written by ``dream-policy train``, or the latest one of a run
         (``checkpoint.checkpoint_folder``; ``cache``: see the module).
 
@@ -102,7 +105,7 @@ class DreamPolicy:
         (a cache schedule must have been calibrated for the same number); ``guidance`` its
         classifier-free guidance scale (>= 1); ``noise_scale`` the scale of the noise each sample starts from;
         ``ensemble_decay`` turns temporal ensembling on (see the module; None: the checkpoint's setting);
-        ``stall_steps``, ``stall_tol``, ``stall_noise`` the stall escape (see the module)."""
+        ``stall_steps``, ``stall_tol``, ``stall_noise`` the stall escape (see the module; None: the checkpoint's)."""
         path = checkpoint_folder(path)
         overrides = {} if ddim_steps is None else {"ddim_steps": int(ddim_steps)}
         if guidance is not None:
@@ -275,7 +278,8 @@ def find_schedule(ckpt: Path, cache: str | Path) -> CacheSchedule | None:
 def make_checkpoint_policy(ckpt: str | None = None, device: str = "cpu", action_horizon: int | None = None,
                            cache: str = "auto", ddim_steps: int | None = None, guidance: float | None = None,
                            noise_scale: float | None = None, ensemble_decay: float | None = None,
-                           stall_steps: int | None = None, stall_tol: float = 0.005, stall_noise: float = 1.0,
+                           stall_steps: int | None = None, stall_tol: float | None = None,
+                           stall_noise: float | None = None,
                            **_: object) -> DreamPolicy:
     """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k] [cache=auto|none|PATH] [ddim_steps=n]
     [guidance=g] [noise_scale=s] [ensemble_decay=m] [stall_steps=n stall_tol=m stall_noise=s]``)."""

@@ -358,8 +358,9 @@ def policy_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
         options["ensemble_decay"] = float(cfg["ensemble_decay"])
     if cfg.get("stall_steps") is not None:
         options["stall_steps"] = int(cfg["stall_steps"])
-        options["stall_tol"] = float(cfg.get("stall_tol", 0.005))
-        options["stall_noise"] = float(cfg.get("stall_noise", 1.0))
+    for key in ("stall_tol", "stall_noise"):
+        if cfg.get(key) is not None:
+            options[key] = float(cfg[key])
     return options
 
 

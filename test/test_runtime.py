@@ -286,6 +286,18 @@ def test_the_checkpoint_can_turn_ensembling_on(tmp_path):
         dataclasses.replace(load_model_config("tiny"), ensemble_decay="fast")
 
 
+def test_the_checkpoint_can_turn_the_stall_escape_on(tmp_path):
+    path = tiny_checkpoint_with(tmp_path, stall_steps=8, stall_tol=0.01, stall_noise=1.5)
+    policy = make_checkpoint_policy(str(path))
+    assert (policy.stall_steps, policy.stall_tol, policy.stall_noise) == (8, 0.01, 1.5)
+    assert make_checkpoint_policy(str(path), stall_steps=0).stall_steps is None  # 0: off
+    assert make_checkpoint_policy(str(path), stall_noise=3.0).stall_noise == 3.0
+    with pytest.raises(ValueError, match="stall_steps must be null or an integer >= 2"):
+        dataclasses.replace(load_model_config("tiny"), stall_steps=1)
+    with pytest.raises(ValueError, match="stall_tol must be a finite number >= 0"):
+        dataclasses.replace(load_model_config("tiny"), stall_tol=-0.1)
+
+
 def test_stalled_needs_the_whole_window_within_the_tolerance():
     still = [np.array([0.1, 0.2, 0.5]) + 0.001 * k for k in range(5)]  # 5 steps, 4*sqrt(3) mm apart
     assert not stalled(still[:4], 5, 0.005)  # too few positions yet
