@@ -1,13 +1,15 @@
 """Block-wise Adaptive Caching on the shipped checkpoint, every mode side by side in one process:
 DiT-head latency (p50/p95; all modes timed interleaved), FLOPs per head call, share of sub-block evaluations, action error against
 the uncached head from the same noise, whole ``step()`` latency, and (``--chains N``) closed-loop
-CALVIN chains for none / uniform / bac at the shipped budget. The last line is
+CALVIN chains for none / uniform / bac at the shipped budget (and ``search``, the error-driven schedule of
+``calibrate-cache mode=search``, at ``--search-budget``, calibrated in the same process on the same
+windows). The line before the last is ``search_head_speedup=<search vs none>``; the last line is
 ``head_speedup=<bac vs none>`` at the shipped budget. Schedules reuse sub-block outputs re-gated by the
 current step's adaLN gate (``--reuse regate``, the default) or the cached increments as they were
 (``--reuse increment``); the ``|da| inc`` column gives the action error of the other kind, for comparison.
 
 Usage: MUJOCO_GL=egl python bench/cache_speed.py [--ckpt checkpoints/tiny_D] [--data DIR]
-       [--budgets 2 3 4 5] [--budget 3] [--bubbling-blocks 3] [--chains 100] [--workers 2]
+       [--budgets 2 3 4 5] [--budget 3] [--bubbling-blocks 3] [--search-budget 2.6] [--chains 100] [--workers 2]
 Without --data it records 2 short expert episodes to calibrate on.
 """
 
@@ -33,6 +35,7 @@ from dream_policy.calibrate_cache import (
     build_schedule,
     calibration_batches,
     record,
+    search_schedule,
 )
 from dream_policy.dit_cache import CachedBlocks
 from dream_policy.runtime import DreamPolicy
@@ -135,6 +138,8 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4, 5])
     parser.add_argument("--budget", type=int, default=3, help="the shipped budget (closed loop, head_speedup)")
     parser.add_argument("--bubbling-blocks", type=int, default=3)
+    parser.add_argument("--search-budget", type=float, default=2.6,
+                        help="FLOPs budget of the search schedule, in updates per sub-block (0: skip it)")
     parser.add_argument("--ddim-steps", type=int, default=None, help="override the checkpoint's DDIM steps")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=50)
@@ -142,10 +147,12 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=0, help="closed-loop chains per mode (0: skip)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--closed-loop-modes", nargs="+", default=["none", "uniform", "bac"],
-                        choices=["none", "uniform", "adaptive", "bac"])
+                        choices=["none", "uniform", "adaptive", "bac", "search"])
     parser.add_argument("--reuse", choices=["regate", "increment"], default="regate")
     parser.add_argument("--out", type=Path, default=Path("runs/cache_bench"))
     args = parser.parse_args()
+    if "search" in args.closed_loop_modes and not args.search_budget:
+        parser.error("--closed-loop-modes search needs a --search-budget")
     torch.set_num_threads(1)
     policy = DreamPolicy.from_checkpoint(args.ckpt, cache="none", ddim_steps=args.ddim_steps)
     model, cfg = policy.model, policy.model.config
@@ -158,10 +165,15 @@ def main() -> None:
         batches = calibration_batches(data, "validation", policy, args.samples, 16)
     stats = block_statistics(record(model, batches))
     cond = model.features(_first(batches[0]))["action"]  # (1, A, D): one observation, as at run time
-    schedules: dict[tuple[str, int], CacheSchedule] = {
+    schedules: dict[tuple[str, float], CacheSchedule] = {
         (mode, budget): build_schedule(mode, stats, cfg.ddim_steps, budget, args.bubbling_blocks, cfg.dit.depth,
                                        cfg.dit.width, args.reuse)
         for budget in args.budgets for mode in MODES}
+    rows = [(mode, budget) for budget in args.budgets for mode in MODES]
+    if args.search_budget:
+        schedules[("search", args.search_budget)] = search_schedule(model, batches, args.search_budget, seed=0,
+                                                                    reuse=args.reuse)
+        rows.append(("search", args.search_budget))
     calls = {key: (lambda s=schedule: model.sample_actions(cond, None, CachedBlocks(s)))
              for key, schedule in schedules.items()}
     latencies = latency_ms({"none": lambda: model.sample_actions(cond), **calls}, args.repeats)
@@ -174,33 +186,35 @@ def main() -> None:
     print(f"(for scale: two uncached samples from different noise differ by |da| = {noise_spread(model, batches):.4f}"
           f" at the checkpoint's noise_scale {cfg.noise_scale:g})")
     speedups = {}
-    for budget in args.budgets:
-        for mode in MODES:
-            schedule = schedules[(mode, budget)]
-            ms = latencies[(mode, budget)]
-            flops = head_flops(model, cond, schedule)
-            err = action_error(model, batches, schedule, seed=1)
-            err_other = action_error(model, batches, dataclasses.replace(schedule, reuse=other), seed=1)
-            speedups[(mode, budget)] = np.percentile(base, 50) / np.percentile(ms, 50)
-            print(f"{mode:9s} {budget:6d} {schedule.fraction():6.0%} {np.percentile(ms, 50):8.2f}ms "
-                  f"{np.percentile(ms, 95):6.2f}ms {speedups[(mode, budget)]:7.2f} {flops / 1e6:7.2f} "
-                  f"{base_flops / flops:6.2f} {err:7.4f} {err_other:8.4f}")
-    print(f"\nwhole step() (chunk sampled every step), budget {args.budget}:")
-    for mode in ("none", "uniform", "bac"):
-        ms = step_latency_ms(policy, None if mode == "none" else schedules[(mode, args.budget)], args.steps)
+    for mode, budget in rows:
+        schedule = schedules[(mode, budget)]
+        ms = latencies[(mode, budget)]
+        flops = head_flops(model, cond, schedule)
+        err = action_error(model, batches, schedule, seed=1)
+        err_other = action_error(model, batches, dataclasses.replace(schedule, reuse=other), seed=1)
+        speedups[(mode, budget)] = np.percentile(base, 50) / np.percentile(ms, 50)
+        print(f"{mode:9s} {budget:6g} {schedule.fraction():6.0%} {np.percentile(ms, 50):8.2f}ms "
+              f"{np.percentile(ms, 95):6.2f}ms {speedups[(mode, budget)]:7.2f} {flops / 1e6:7.2f} "
+              f"{base_flops / flops:6.2f} {err:7.4f} {err_other:8.4f}")
+    budget_of = {mode: args.search_budget if mode == "search" else args.budget for mode in (*MODES, "search")}
+    print(f"\nwhole step() (chunk sampled every step), budget {args.budget} (search {args.search_budget:g}):")
+    for mode in ("none", "uniform", "bac", *(("search",) if args.search_budget else ())):
+        ms = step_latency_ms(policy, None if mode == "none" else schedules[(mode, budget_of[mode])], args.steps)
         print(f"  {mode:8s} p50 {np.percentile(ms, 50):6.2f} ms  p95 {np.percentile(ms, 95):6.2f} ms")
     if args.chains:
         print(f"\nclosed loop, {args.chains} chains of scene D, budget {args.budget}:")
         results = {}
         for mode in args.closed_loop_modes:
-            out = args.out / f"{mode}_{args.budget}"
+            out = args.out / f"{mode}_{budget_of.get(mode, args.budget):g}"
             out.mkdir(parents=True, exist_ok=True)
-            r = closed_loop(args.ckpt, None if mode == "none" else schedules[(mode, args.budget)], args.chains,
+            r = closed_loop(args.ckpt, None if mode == "none" else schedules[(mode, budget_of[mode])], args.chains,
                             args.workers, out, args.ddim_steps)
             results[mode] = r
             print(f"  {mode:8s} avg_seq_len {r['avg_seq_len']:.2f}  chain_sr "
                   + " ".join(f"{x:.2f}" for x in r["chain_sr"]))
         (args.out / f"closed_loop_{args.budget}.json").write_text(json.dumps(results, indent=1, default=str))
+    if args.search_budget:
+        print(f"search_head_speedup={speedups[('search', args.search_budget)]:.2f}")
     print(f"head_speedup={speedups[('bac', args.budget)]:.2f}")
 
 

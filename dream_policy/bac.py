@@ -18,20 +18,26 @@ alone; ``increment`` reuses the gated increment as it was (schedules written bef
 - ``bubbling_union(steps, variation, n)``: the ``n`` sub-blocks whose outputs vary most over the steps
   (``variation``: mean pairwise L1 distance of a block's outputs) also update at the update steps of
   every feed-forward sub-block downstream of them.
+- ``greedy_prune(blocks, K, target, error, cost)``: the ``search`` mode, not in the BAC paper. Both
+  schedulers above score a block's reuse by how alike its outputs stay, block by block, with the same
+  number of updates for every block; neither sees what an error at a given step and block does to the
+  sampled action. This one measures it: from a schedule that updates everything, it repeatedly drops the
+  update whose loss raises ``error(steps)`` (the caller's: the sampled actions against uncached ones)
+  least per unit of ``cost`` saved, until the schedule costs at most ``target``.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-MODES = ("none", "uniform", "adaptive", "bac")
+MODES = ("none", "uniform", "adaptive", "bac", "search")
 REUSE = ("regate", "increment")
 SCHEDULE_FILE = "cache_schedule.json"
 FORMAT = 1
@@ -111,6 +117,48 @@ def bubbling_union(steps: Mapping[BlockKey, Sequence[int]], variation: Mapping[B
     return out
 
 
+def greedy_prune(blocks: Sequence[BlockKey], num_steps: int, target: float,
+                 error: Callable[[dict[BlockKey, list[int]]], float],
+                 cost: Mapping[BlockKey, float] | None = None, rounds_hint: int = 4,
+                 progress: Callable[[dict[BlockKey, list[int]], float], None] | None = None) -> dict[BlockKey, list[int]]:
+    """Update steps per block costing at most ``target`` (sum over blocks of ``cost[block]`` x updates).
+
+    Greedy removal from the full schedule: each round scores every droppable update (step 0 always stays)
+    by ``(error(without it) - error(now)) / cost[block]`` and drops the best-scoring ones. While many
+    drops remain, a round drops ``1 / rounds_hint`` of them (the best, each from a different
+    (block, step)); the last ones go one per round, so the end of the search is exact greedy.
+    ``progress(steps, error)`` is called after every round.
+    """
+    cost = {key: 1.0 for key in blocks} if cost is None else {key: float(cost[key]) for key in blocks}
+    if any(c <= 0 for c in cost.values()):
+        raise ValueError("costs must be > 0")
+    floor = sum(cost.values())  # every block at step 0 alone
+    if target < floor - 1e-9:
+        raise ValueError(f"target cost {target:g} is below the cost of updating every block once ({floor:g})")
+    steps = {key: list(range(num_steps)) for key in blocks}
+    current = error(steps)
+    spent = floor * num_steps
+    while spent > target + 1e-9:
+        scored = []
+        for key in blocks:
+            for step in steps[key][1:]:
+                trial = {**steps, key: [s for s in steps[key] if s != step]}
+                scored.append(((error(trial) - current) / cost[key], key, step))
+        scored.sort(key=lambda c: c[0])
+        mean_cost = spent / sum(len(v) for v in steps.values())
+        drops = max(1, int((spent - target) / mean_cost) // max(rounds_hint, 1))
+        for _, key, step in scored:
+            if drops == 0 or spent <= target + 1e-9:
+                break
+            steps[key] = [s for s in steps[key] if s != step]
+            spent -= cost[key]
+            drops -= 1
+        current = error(steps)
+        if progress is not None:
+            progress(steps, current)
+    return steps
+
+
 def block_order(key: BlockKey) -> tuple[int, int]:
     from dream_policy.dit import SUB_BLOCK_KINDS
 
@@ -133,7 +181,7 @@ class CacheSchedule:
     depth: int
     width: int
     steps: dict[BlockKey, list[int]]
-    budget: int | None = None
+    budget: float | None = None  # updates per sub-block (search: may be fractional, a FLOPs budget)
     info: dict[str, Any] = field(default_factory=dict)
     reuse: str = "regate"
 

@@ -4,6 +4,11 @@ turn them into a BAC schedule stored next to the checkpoint (``cache_schedule.js
 Statistics per sub-block, from its outputs X^k (k = denoising step) on N calibration samples:
 - ``similarity[i, k]``: cosine similarity of X^i and X^k per sample, averaged (the scheduler's input);
 - ``variation = (1/K^2) sum_t sum_u mean|X^t - X^u|`` (the Bubbling Union's ranking).
+
+``mode=search`` needs no statistics: it samples the calibration windows' actions under candidate
+schedules and keeps the one that the greedy search (``bac.greedy_prune``) finds closest to the uncached
+actions on what the runtime plays (the first ``action_horizon`` actions of a chunk), at the FLOPs of
+``budget`` updates per sub-block (``budget`` may be fractional there).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import default_collate
+from tqdm import tqdm
 
 from dream_policy.bac import (
     MODES,
@@ -23,7 +29,9 @@ from dream_policy.bac import (
     BlockKey,
     CacheSchedule,
     adaptive_steps,
+    block_order,
     bubbling_union,
+    greedy_prune,
     uniform_steps,
 )
 from dream_policy.dit_cache import BlockRecorder, CachedBlocks
@@ -50,8 +58,9 @@ def block_statistics(trajectories: Mapping[BlockKey, torch.Tensor]) -> dict[Bloc
 def build_schedule(mode: str, stats: Mapping[BlockKey, Mapping[str, Any]], num_steps: int, budget: int,
                    bubbling_blocks: int, depth: int, width: int, reuse: str = "regate") -> CacheSchedule:
     """The schedule of ``mode`` (``none``: every step) from per-block statistics."""
-    if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is not one of {list(MODES)}")
+    if mode not in MODES or mode == "search":
+        raise ValueError(f"mode {mode!r} is not one of {[m for m in MODES if m != 'search']} "
+                         "(search: search_schedule)")
     keys = sorted(stats)
     if mode == "none":
         steps = {key: list(range(num_steps)) for key in keys}
@@ -94,6 +103,76 @@ def action_error(model: Any, batches: Iterable[dict[str, Any]], schedule: CacheS
     return float(np.mean(errors))
 
 
+class _FlopHook:
+    """A block hook that counts each sub-block's FLOPs (torch's FlopCounterMode) per evaluation."""
+
+    def __init__(self) -> None:
+        self.flops: dict[BlockKey, list[int]] = {}
+        self.branches = (0,)
+
+    def start_step(self, index: int, _t: int) -> None:
+        pass
+
+    def __call__(self, block: int, kind: str, compute: Any) -> torch.Tensor:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            value = compute()
+        self.flops.setdefault((block, kind), []).append(counter.get_total_flops())
+        return value
+
+
+@torch.no_grad()
+def sub_block_flops(model: Any, cond: torch.Tensor) -> dict[BlockKey, float]:
+    """FLOPs of one evaluation of each DiT sub-block (mean over the denoising steps) for condition ``cond``."""
+    hook = _FlopHook()
+    model.sample_actions(cond[:1], torch.Generator().manual_seed(0), hook)
+    return {key: float(np.mean(f)) for key, f in hook.flops.items()}
+
+
+@torch.no_grad()
+def search_schedule(model: Any, batches: list[dict[str, Any]], budget: float, seed: int = 0,
+                    played: int | None = None, reuse: str = "regate", rounds_hint: int = 4,
+                    show_progress: bool = True) -> CacheSchedule:
+    """The ``search`` schedule: greedy removal of updates, scored by the error of the played actions.
+
+    The error is the mean |cached - uncached| of the first ``played`` actions of each chunk (None: the
+    model's ``action_horizon``, else the whole chunk), both sampled from the same noise; the schedule's
+    sub-block FLOPs stay within those of ``budget`` updates of every sub-block.
+    """
+    cfg, dit_cfg = model.config, model.config.dit
+    num_steps = cfg.ddim_steps
+    played = played or cfg.action_horizon or cfg.chunk
+    cond = torch.cat([model.features(b)["action"] for b in batches])  # (N, A, D)
+    reference = model.sample_actions(cond, torch.Generator().manual_seed(seed))[:, :played]
+    costs = sub_block_flops(model, cond)
+    blocks = sorted(costs, key=block_order)
+
+    def error(steps: dict[BlockKey, list[int]]) -> float:
+        schedule = CacheSchedule("search", num_steps, dit_cfg.depth, dit_cfg.width, steps, None, {}, reuse)
+        cached = model.sample_actions(cond, torch.Generator().manual_seed(seed), CachedBlocks(schedule))
+        return float((cached[:, :played] - reference).abs().mean())
+
+    if not 1 <= budget <= num_steps:
+        raise ValueError(f"budget={budget} must be in [1, steps={num_steps}]")
+    full = sum(costs.values()) * num_steps
+    target = budget * sum(costs.values())
+    bar = tqdm(total=round(100 * (1 - target / full)), desc="search (% of sub-block FLOPs dropped)",
+               disable=not show_progress)
+
+    def progress(steps: dict[BlockKey, list[int]], err: float) -> None:
+        bar.n = round(100 * (1 - sum(costs[k] * len(v) for k, v in steps.items()) / full))
+        bar.set_postfix(error=f"{err:.4f}")
+        bar.refresh()
+
+    steps = greedy_prune(blocks, num_steps, target, error, costs, rounds_hint, progress)
+    bar.close()
+    info = {"played_actions": played, "played_error": round(error(steps), 6),
+            "flops_fraction": round(sum(costs[k] * len(v) for k, v in steps.items()) / (sum(costs.values()) * num_steps), 4),
+            "sub_block_mflops": {f"{i}.{kind}": round(costs[(i, kind)] / 1e6, 4) for i, kind in blocks}}
+    return CacheSchedule("search", num_steps, dit_cfg.depth, dit_cfg.width, steps, budget, info, reuse)
+
+
 def calibration_batches(data: str | Path, split: str, policy: Any, samples: int, batch_size: int
                         ) -> list[dict[str, Any]]:
     """``samples`` windows of ``data``'s ``split`` in the policy's preprocessing, batched."""
@@ -120,11 +199,15 @@ def calibrate_command(cfg: Mapping[str, Any]) -> None:
     policy = DreamPolicy.from_checkpoint(ckpt, cache="none", ddim_steps=None if steps is None else int(steps))
     model, dit_cfg = policy.model, policy.model.config.dit
     num_steps = policy.model.config.ddim_steps
-    budget = int(cfg["budget"])
+    budget = float(cfg["budget"]) if str(cfg["mode"]) == "search" else int(cfg["budget"])
     batches = calibration_batches(cfg["data"], str(cfg["split"]), policy, int(cfg["samples"]), int(cfg["batch_size"]))
-    stats = block_statistics(record(model, batches, int(cfg["seed"])))
-    schedule = build_schedule(str(cfg["mode"]), stats, num_steps, budget, int(cfg["bubbling_blocks"]),
-                              dit_cfg.depth, dit_cfg.width, str(cfg.get("reuse") or "regate"))
+    reuse = str(cfg.get("reuse") or "regate")
+    if str(cfg["mode"]) == "search":
+        schedule = search_schedule(model, batches, budget, int(cfg["seed"]), reuse=reuse)
+    else:
+        stats = block_statistics(record(model, batches, int(cfg["seed"])))
+        schedule = build_schedule(str(cfg["mode"]), stats, num_steps, int(budget), int(cfg["bubbling_blocks"]),
+                                  dit_cfg.depth, dit_cfg.width, reuse)
     schedule.info["action_error"] = action_error(model, batches, schedule, int(cfg["seed"]) + 1)
     schedule.info["calibration"] = {"data": str(cfg["data"]), "split": str(cfg["split"]),
                                     "samples": sum(len(b["lang_emb"]) for b in batches)}

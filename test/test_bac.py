@@ -15,6 +15,7 @@ from dream_policy.bac import (
     adaptive_steps,
     brute_force_steps,
     bubbling_union,
+    greedy_prune,
     schedule_score,
     segment_scores,
     uniform_steps,
@@ -23,7 +24,9 @@ from dream_policy.calibrate_cache import (
     block_statistics,
     build_schedule,
     record,
+    search_schedule,
     similarity_matrix,
+    sub_block_flops,
     variation,
 )
 from dream_policy.dit_cache import BlockRecorder, CachedBlocks, HookedDiT
@@ -95,6 +98,42 @@ def test_statistics_of_recorded_outputs():
     pairs = [(t, u) for t, u in itertools.product(range(5), repeat=2)]
     expected = sum((x[t] - x[u]).abs().mean().item() for t, u in pairs) / 25
     assert variation(x) == pytest.approx(expected, rel=1e-6)
+
+
+def additive_error(weights):
+    """An error that is the sum of the weights of the dropped (block, step) updates."""
+    def error(steps):
+        return sum(w for (key, step), w in weights.items() if step not in steps[key])
+    return error
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("rounds_hint", [1, 4, 100])
+def test_greedy_prune_finds_the_optimum_of_an_additive_error(seed, rounds_hint):
+    # With unit costs and an additive error the best schedule drops the cheapest updates: greedy finds it,
+    # in bulk rounds too, and never drops step 0.
+    rng = np.random.default_rng(seed)
+    blocks = [(0, "attn"), (0, "ff"), (1, "attn")]
+    weights = {(key, step): float(rng.uniform(0.1, 1)) for key in blocks for step in range(1, 6)}
+    seen = []
+    steps = greedy_prune(blocks, 6, target=8, error=additive_error(weights), rounds_hint=rounds_hint,
+                         progress=lambda steps, err: seen.append(sum(map(len, steps.values()))))
+    assert sum(len(v) for v in steps.values()) == 8 and all(v[0] == 0 for v in steps.values())
+    best_drop = sorted(weights.values())[:10]
+    assert additive_error(weights)(steps) == pytest.approx(sum(best_drop))
+    assert seen[-1] == 8 and seen == sorted(seen, reverse=True)
+    # rounds_hint 1 drops all 10 in one round, 100 one per round, 4 a quarter of what is left per round
+    assert len(seen) == 1 if rounds_hint == 1 else len(seen) == 10 if rounds_hint == 100 else 1 < len(seen) < 10
+
+
+def test_greedy_prune_weighs_error_against_cost():
+    # Dropping an update of the expensive block saves 4x the cost for 2x the error: it goes first.
+    blocks = [(0, "attn"), (0, "ff")]
+    weights = {((0, "attn"), 1): 1.0, ((0, "ff"), 1): 2.0}
+    steps = greedy_prune(blocks, 2, target=6.5, error=additive_error(weights), cost={(0, "attn"): 1, (0, "ff"): 4})
+    assert steps == {(0, "attn"): [0, 1], (0, "ff"): [0]}
+    with pytest.raises(ValueError, match="below the cost of updating every block once"):
+        greedy_prune(blocks, 2, target=4, error=additive_error(weights), cost={(0, "attn"): 1, (0, "ff"): 4})
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +306,30 @@ def test_schedule_file_roundtrip_and_mismatch(tmp_path, tiny_model, stats):
         CacheSchedule.load(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="start at 0"):
         CacheSchedule("bac", 10, 4, 128, {(0, "attn"): [1, 2]})
+
+
+def test_search_schedule_stays_in_budget_and_beats_uniform(tiny_model, stats):
+    batches = [random_batch(tiny_model.config, b=4)]
+    costs = sub_block_flops(tiny_model, tiny_model.features(batches[0])["action"])
+    kinds = {kind: {c for (_, k), c in costs.items() if k == kind} for kind in ("attn", "cross", "ff")}
+    assert all(len(c) == 1 for c in kinds.values())  # equal blocks cost the same
+    assert min(kinds["ff"]) > min(kinds["attn"]) > min(kinds["cross"]) > 0
+    schedule = search_schedule(tiny_model, batches, budget=3, seed=0, show_progress=False)
+    assert schedule.mode == "search" and schedule.budget == 3
+    assert schedule.info["played_actions"] == (tiny_model.config.action_horizon or tiny_model.config.chunk)
+    spent = sum(costs[key] * len(v) for key, v in schedule.steps.items())
+    assert spent <= 3 * sum(costs.values()) + 1e-6 and schedule.info["flops_fraction"] <= 0.3 + 1e-4
+    assert all(v[0] == 0 for v in schedule.steps.values())
+    uniform = schedule_for(tiny_model, "uniform", stats, budget=3)
+    played = schedule.info["played_actions"]
+
+    def err(s):
+        cond = tiny_model.features(batches[0])["action"]
+        exact = tiny_model.sample_actions(cond, torch.Generator().manual_seed(0))
+        cached = tiny_model.sample_actions(cond, torch.Generator().manual_seed(0), CachedBlocks(s))
+        return (cached - exact)[:, :played].abs().mean().item()
+
+    assert err(schedule) == pytest.approx(schedule.info["played_error"], rel=1e-5)
+    assert err(schedule) < err(uniform)
+    loaded = CacheSchedule.from_dict(schedule.to_dict())
+    assert loaded.mode == "search" and loaded.steps == schedule.steps

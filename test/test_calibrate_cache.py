@@ -61,3 +61,17 @@ def test_a_schedule_for_another_model_is_a_clear_error(tmp_path, checkpoint):
 def test_calibrate_needs_ckpt_and_data(capsys):
     assert main(["calibrate-cache"]) == 2
     assert "ckpt" in capsys.readouterr().err
+
+
+def test_calibrate_search_mode_takes_a_fractional_budget(tmp_path, checkpoint, capsys):
+    data = tmp_path / "data"
+    make_split(data / "validation")
+    out = tmp_path / "search.json"
+    assert main(["calibrate-cache", f"ckpt={checkpoint}", f"data={data}", "mode=search", "budget=2.5",
+                 "samples=4", "batch_size=2", f"out={out}"]) == 0
+    assert "search schedule, budget 2.5 of 10 steps" in capsys.readouterr().out
+    schedule = CacheSchedule.load(out)
+    assert schedule.mode == "search" and schedule.budget == 2.5 and schedule.info["flops_fraction"] <= 0.25
+    policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), cache=str(out))
+    assert policy.schedule.steps == schedule.steps
+    assert policy.step(obs(np.random.default_rng(0)), "open the drawer").shape == (7,)
