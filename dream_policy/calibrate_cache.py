@@ -142,6 +142,8 @@ def search_schedule(model: Any, batches: list[dict[str, Any]], budget: float, se
     """
     cfg, dit_cfg = model.config, model.config.dit
     num_steps = cfg.ddim_steps
+    if not 1 <= budget <= num_steps:
+        raise ValueError(f"budget={budget} must be in [1, steps={num_steps}]")
     played = played or cfg.action_horizon or cfg.chunk
     cond = torch.cat([model.features(b)["action"] for b in batches])  # (N, A, D)
     reference = model.sample_actions(cond, torch.Generator().manual_seed(seed))[:, :played]
@@ -153,8 +155,6 @@ def search_schedule(model: Any, batches: list[dict[str, Any]], budget: float, se
         cached = model.sample_actions(cond, torch.Generator().manual_seed(seed), CachedBlocks(schedule))
         return float((cached[:, :played] - reference).abs().mean())
 
-    if not 1 <= budget <= num_steps:
-        raise ValueError(f"budget={budget} must be in [1, steps={num_steps}]")
     full = sum(costs.values()) * num_steps
     target = budget * sum(costs.values())
     bar = tqdm(total=round(100 * (1 - target / full)), desc="search (% of sub-block FLOPs dropped)",
