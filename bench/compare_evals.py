@@ -3,8 +3,8 @@
     python bench/compare_evals.py shipped=runs/eval_a dagger=runs/eval_b --plot bench/x.png
 
 Each argument is ``label=DIR`` (or a bare DIR, labelled by its name), ``DIR/results.json`` being
-``dream-policy eval``'s output. The runs should share their chains (same ``num_sequences`` and
-``chains_file``): the script refuses runs over different numbers of chains. When the runs keep their
+``dream-policy eval``'s output. The runs should share their chains (same ``num_sequences``, ``first``
+and ``chains_file``): the script refuses runs over different numbers of chains. When the runs keep their
 per-chain records (``chains``) over the same chains, each run after the first is also compared with the
 first chain by chain: the mean paired difference of completed subtasks with its standard error, and how
 many chains it completed more or fewer subtasks of (evaluations are seeded per chain, so a runtime option

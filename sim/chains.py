@@ -282,7 +282,12 @@ def _sample_task_sequences(counts: Sequence[int]) -> list[list[tuple[str, ...]]]
 
 
 def generate_chains(num_sequences: int = 1000) -> list[Chain]:
-    """CALVIN's ``get_sequences(num_sequences)``; numpy's global RNG is not touched."""
+    """CALVIN's ``get_sequences(num_sequences)``; numpy's global RNG is not touched.
+
+    Each ``num_sequences`` is its own draw: the chains of a smaller call are among those of a larger
+    one, in another order, so ``generate_chains(300)[100:]`` are not CALVIN's chains 100-299
+    (``generate_chains(1000)[100:300]``).
+    """
     if num_sequences < 1:
         raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
     states = symbolic_initial_states()

@@ -364,16 +364,21 @@ def policy_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def select_chains(num_sequences: int, shard_spec: str | None, chains_file: str | None = None
+def select_chains(num_sequences: int, shard_spec: str | None, chains_file: str | None = None, first: int = 0
                   ) -> list[tuple[int, Chain]]:
-    """The first ``num_sequences`` of CALVIN's 1000 chains (or of ``chains_file``), optionally one shard."""
+    """Chains ``first`` .. ``first + num_sequences - 1`` of CALVIN's 1000 (or of ``chains_file``), each with
+    its index there (which also seeds its rollout), optionally one shard of them."""
     from sim.chains import generate_chains, read_chains, shard
 
     chains = read_chains(chains_file) if chains_file else generate_chains(NUM_CALVIN_CHAINS)
-    if not 1 <= num_sequences <= len(chains):
-        raise ValueError(f"num_sequences must be in 1..{len(chains)}, got {num_sequences}")
-    chains = chains[:num_sequences]
-    return shard(chains, shard_spec) if shard_spec else list(enumerate(chains))
+    if not 0 <= first < len(chains):
+        raise ValueError(f"first must be in 0..{len(chains) - 1} (there are {len(chains)} chains), got {first}")
+    if not 1 <= num_sequences <= len(chains) - first:
+        raise ValueError(f"num_sequences must be in 1..{len(chains) - first} (from chain {first} of "
+                         f"{len(chains)}), got {num_sequences}")
+    chains = chains[first:first + num_sequences]
+    selected = shard(chains, shard_spec) if shard_spec else list(enumerate(chains))
+    return [(first + i, chain) for i, chain in selected]
 
 
 def merge_dirs(dirs: Sequence[str], out_dir: Path) -> dict[str, Any]:
@@ -395,7 +400,8 @@ def eval_command(cfg: Mapping[str, Any]) -> None:
     if cfg.get("merge"):
         results = merge_dirs([str(d) for d in cfg["merge"]], out)
     else:
-        chains = select_chains(int(cfg["num_sequences"]), cfg.get("shard"), cfg.get("chains_file"))
+        chains = select_chains(int(cfg["num_sequences"]), cfg.get("shard"), cfg.get("chains_file"),
+                               int(cfg.get("first") or 0))
         results = evaluate(chains, cfg["policy"], policy_options(cfg), str(cfg["scene"]), int(cfg["workers"]),
                            int(cfg["ep_len"]), int(cfg["seed"]), int(cfg["num_videos"]), out,
                            bool(cfg["render"]), cfg.get("shard"))

@@ -134,6 +134,15 @@ def test_every_chain_is_valid(calvin_chains):
         assert len({task_category(t) for t in chain.tasks}) == 5
 
 
+def test_a_smaller_draw_is_a_subset_in_another_order(calvin_chains):
+    # why `eval first=100` exists: the chains of get_sequences(300) are among the 1000, but its 100-299
+    # are not CALVIN's chains 100-299
+    fewer = generate_chains(300)
+    key = [json.dumps(c.to_json(), sort_keys=True) for c in calvin_chains]
+    assert {json.dumps(c.to_json(), sort_keys=True) for c in fewer} <= set(key)
+    assert fewer[100:] != calvin_chains[100:300]
+
+
 def test_generation_is_deterministic_and_leaves_global_rng_alone():
     np.random.seed(123)
     before = np.random.get_state()

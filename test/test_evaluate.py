@@ -154,6 +154,13 @@ def test_policy_options_and_chain_selection(tmp_path):
     assert ev.select_chains(2, None, str(path)) == [(0, CHAIN), (1, OTHER)]
     with pytest.raises(ValueError, match="num_sequences"):
         ev.select_chains(4, None, str(path))
+    # an offset keeps each chain's index (its rollout seed), sharded or not
+    assert ev.select_chains(2, None, str(path), first=1) == [(1, OTHER), (2, CHAIN)]
+    assert ev.select_chains(2, "1/2", str(path), first=1) == [(2, CHAIN)]
+    with pytest.raises(ValueError, match="num_sequences must be in 1..1"):
+        ev.select_chains(2, None, str(path), first=2)
+    with pytest.raises(ValueError, match="first must be in 0..2"):
+        ev.select_chains(1, None, str(path), first=3)
 
 
 def test_eval_command_merges_shard_dirs(tmp_path, capsys):
