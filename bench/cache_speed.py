@@ -109,7 +109,7 @@ def step_latency_ms(policy: DreamPolicy, schedule: CacheSchedule | None, steps: 
 
 
 def closed_loop(ckpt: Path, schedule: CacheSchedule | None, chains: int, workers: int, out: Path,
-                ddim_steps: int | None = None) -> dict:
+                ddim_steps: int | None = None, first: int = 0) -> dict:
     from sim.evaluate import evaluate, select_chains
 
     path = out / "schedule.json"
@@ -120,7 +120,19 @@ def closed_loop(ckpt: Path, schedule: CacheSchedule | None, chains: int, workers
     options = {"ckpt": str(ckpt.resolve()), "cache": cache}
     if ddim_steps is not None:
         options["ddim_steps"] = ddim_steps
-    return evaluate(select_chains(chains, None), "checkpoint", options, workers=workers, out_dir=out)
+    return evaluate(select_chains(chains, None, first=first), "checkpoint", options, workers=workers, out_dir=out)
+
+
+def load_bac_schedule(path: Path, budget: int, reuse: str, depth: int, width: int, num_steps: int) -> CacheSchedule:
+    """A stored bac schedule (e.g. the shipped one) to bench in place of one calibrated here; it must be a bac
+    schedule of the bench's ``budget`` and ``reuse`` for this DiT."""
+    schedule = CacheSchedule.load(path)
+    schedule.check_matches(depth, width, num_steps, str(path))
+    found = (schedule.mode, schedule.budget, schedule.reuse)
+    if found != ("bac", budget, reuse):
+        raise ValueError(f"{path} is a {found[0]} schedule of budget {found[1]} with {found[2]} reuse; "
+                         f"--bac-schedule needs bac, budget {budget} (--budget), {reuse} reuse (--reuse)")
+    return schedule
 
 
 def collect_small(out: Path) -> Path:
@@ -149,6 +161,10 @@ def main() -> None:
     parser.add_argument("--closed-loop-modes", nargs="+", default=["none", "uniform", "bac"],
                         choices=["none", "uniform", "adaptive", "bac", "search"])
     parser.add_argument("--reuse", choices=["regate", "increment"], default="regate")
+    parser.add_argument("--bac-schedule", type=Path, default=None,
+                        help="bench this stored schedule (e.g. the shipped CKPT/cache_schedule.json) as bac at "
+                             "--budget instead of one calibrated here")
+    parser.add_argument("--first-chain", type=int, default=0, help="closed loop on CALVIN's chains from this one")
     parser.add_argument("--out", type=Path, default=Path("runs/cache_bench"))
     args = parser.parse_args()
     if "search" in args.closed_loop_modes and not args.search_budget:
@@ -160,6 +176,15 @@ def main() -> None:
           f"{torch.__version__}, 1 thread, {args.ckpt}, DiT depth {cfg.dit.depth} x 3 sub-blocks, "
           f"{cfg.ddim_steps} DDIM steps, guidance {cfg.guidance}, noise_scale {cfg.noise_scale:g}, reuse {args.reuse}")
     other = "increment" if args.reuse == "regate" else "regate"
+    stored = None
+    if args.bac_schedule:
+        try:
+            stored = load_bac_schedule(args.bac_schedule, args.budget, args.reuse, cfg.dit.depth, cfg.dit.width,
+                                       cfg.ddim_steps)
+        except ValueError as e:
+            parser.error(str(e))
+        print(f"# bac at budget {args.budget}: {args.bac_schedule} (calibrated on "
+              f"{stored.info.get('calibration', 'unrecorded data')}), not recalibrated here")
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or collect_small(Path(tmp) / "data")
         batches = calibration_batches(data, "validation", policy, args.samples, 16)
@@ -169,6 +194,8 @@ def main() -> None:
         (mode, budget): build_schedule(mode, stats, cfg.ddim_steps, budget, args.bubbling_blocks, cfg.dit.depth,
                                        cfg.dit.width, args.reuse)
         for budget in args.budgets for mode in MODES}
+    if stored is not None:
+        schedules[("bac", args.budget)] = stored
     rows = [(mode, budget) for budget in args.budgets for mode in MODES]
     if args.search_budget:
         schedules[("search", args.search_budget)] = search_schedule(model, batches, args.search_budget, seed=0,
@@ -202,13 +229,14 @@ def main() -> None:
         ms = step_latency_ms(policy, None if mode == "none" else schedules[(mode, budget_of[mode])], args.steps)
         print(f"  {mode:8s} p50 {np.percentile(ms, 50):6.2f} ms  p95 {np.percentile(ms, 95):6.2f} ms")
     if args.chains:
-        print(f"\nclosed loop, {args.chains} chains of scene D, budget {args.budget}:")
+        print(f"\nclosed loop, CALVIN's chains {args.first_chain}-{args.first_chain + args.chains - 1} of scene D, "
+              f"budget {args.budget}:")
         results = {}
         for mode in args.closed_loop_modes:
             out = args.out / f"{mode}_{budget_of.get(mode, args.budget):g}"
             out.mkdir(parents=True, exist_ok=True)
             r = closed_loop(args.ckpt, None if mode == "none" else schedules[(mode, budget_of[mode])], args.chains,
-                            args.workers, out, args.ddim_steps)
+                            args.workers, out, args.ddim_steps, args.first_chain)
             results[mode] = r
             print(f"  {mode:8s} avg_seq_len {r['avg_seq_len']:.2f}  chain_sr "
                   + " ".join(f"{x:.2f}" for x in r["chain_sr"]))

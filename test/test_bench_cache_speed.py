@@ -1,0 +1,50 @@
+"""bench/cache_speed.py's choice of a stored bac schedule (the shipped one) in place of a calibrated one."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from dream_policy.bac import CacheSchedule
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "checkpoints" / "tiny_D" / "cache_schedule.json"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("cache_speed", ROOT / "bench" / "cache_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _shape(schedule: CacheSchedule) -> tuple[int, int, int]:
+    return schedule.depth, schedule.width, schedule.num_steps
+
+
+def test_the_shipped_schedule_loads_at_its_budget(bench):
+    shipped = CacheSchedule.load(SHIPPED)
+    loaded = bench.load_bac_schedule(SHIPPED, int(shipped.budget), shipped.reuse, *_shape(shipped))
+    assert loaded.steps == shipped.steps and loaded.mode == "bac"
+
+
+def test_another_budget_or_reuse_is_refused_by_name(bench):
+    shipped = CacheSchedule.load(SHIPPED)
+    with pytest.raises(ValueError, match="--budget"):
+        bench.load_bac_schedule(SHIPPED, int(shipped.budget) + 1, shipped.reuse, *_shape(shipped))
+    other = "increment" if shipped.reuse == "regate" else "regate"
+    with pytest.raises(ValueError, match="--reuse"):
+        bench.load_bac_schedule(SHIPPED, int(shipped.budget), other, *_shape(shipped))
+
+
+def test_a_schedule_of_another_mode_or_model_is_refused(bench, tmp_path):
+    shipped = CacheSchedule.load(SHIPPED)
+    uniform = CacheSchedule("uniform", shipped.num_steps, shipped.depth, shipped.width, dict(shipped.steps),
+                            shipped.budget, reuse=shipped.reuse)
+    path = uniform.save(tmp_path / "uniform.json")
+    with pytest.raises(ValueError, match="uniform schedule"):
+        bench.load_bac_schedule(path, int(shipped.budget), shipped.reuse, *_shape(shipped))
+    with pytest.raises(ValueError, match="depth"):
+        bench.load_bac_schedule(SHIPPED, int(shipped.budget), shipped.reuse, shipped.depth + 2, shipped.width,
+                                shipped.num_steps)
