@@ -3,7 +3,7 @@ DiT-head latency (p50/p95; all modes timed interleaved), FLOPs per head call, sh
 the uncached head from the same noise, whole ``step()`` latency, and (``--chains N``) closed-loop
 CALVIN chains for none / uniform / bac at the shipped budget (and ``search``, the error-driven schedule of
 ``calibrate-cache mode=search``, at ``--search-budget``, calibrated in the same process on the same
-windows). The line before the last is ``search_head_speedup=<search vs none>``; the last line is
+windows, or a stored one, ``--search-schedule``). The line before the last is ``search_head_speedup=<search vs none>``; the last line is
 ``head_speedup=<bac vs none>`` at the shipped budget. Schedules reuse sub-block outputs re-gated by the
 current step's adaLN gate (``--reuse regate``, the default) or the cached increments as they were
 (``--reuse increment``); the ``|da| inc`` column gives the action error of the other kind, for comparison.
@@ -135,6 +135,17 @@ def load_bac_schedule(path: Path, budget: int, reuse: str, depth: int, width: in
     return schedule
 
 
+def load_search_schedule(path: Path, reuse: str, depth: int, width: int, num_steps: int) -> CacheSchedule:
+    """A stored search schedule (e.g. one searched on closed-loop states) to bench as the search row at its
+    own budget; it must be a search schedule with the bench's ``reuse`` for this DiT."""
+    schedule = CacheSchedule.load(path)
+    schedule.check_matches(depth, width, num_steps, str(path))
+    if (schedule.mode, schedule.reuse) != ("search", reuse) or not schedule.budget:
+        raise ValueError(f"{path} is a {schedule.mode} schedule of budget {schedule.budget} with {schedule.reuse} "
+                         f"reuse; --search-schedule needs a search schedule with a budget and {reuse} reuse (--reuse)")
+    return schedule
+
+
 def collect_small(out: Path) -> Path:
     from sim.collect import CollectConfig, collect
 
@@ -164,6 +175,9 @@ def main() -> None:
     parser.add_argument("--bac-schedule", type=Path, default=None,
                         help="bench this stored schedule (e.g. the shipped CKPT/cache_schedule.json) as bac at "
                              "--budget instead of one calibrated here")
+    parser.add_argument("--search-schedule", type=Path, default=None,
+                        help="bench this stored search schedule (e.g. calibrate-cache states=rollouts mode=search) "
+                             "as the search row at its own budget instead of searching here")
     parser.add_argument("--first-chain", type=int, default=0, help="closed loop on CALVIN's chains from this one")
     parser.add_argument("--out", type=Path, default=Path("runs/cache_bench"))
     args = parser.parse_args()
@@ -185,6 +199,16 @@ def main() -> None:
             parser.error(str(e))
         print(f"# bac at budget {args.budget}: {args.bac_schedule} (calibrated on "
               f"{stored.info.get('calibration', 'unrecorded data')}), not recalibrated here")
+    searched = None
+    if args.search_schedule:
+        try:
+            searched = load_search_schedule(args.search_schedule, args.reuse, cfg.dit.depth, cfg.dit.width,
+                                            cfg.ddim_steps)
+        except ValueError as e:
+            parser.error(str(e))
+        args.search_budget = float(searched.budget)
+        print(f"# search at budget {args.search_budget:g}: {args.search_schedule} (calibrated on "
+              f"{searched.info.get('calibration', 'unrecorded data')}), not searched here")
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or collect_small(Path(tmp) / "data")
         batches = calibration_batches(data, "validation", policy, args.samples, 16)
@@ -198,8 +222,8 @@ def main() -> None:
         schedules[("bac", args.budget)] = stored
     rows = [(mode, budget) for budget in args.budgets for mode in MODES]
     if args.search_budget:
-        schedules[("search", args.search_budget)] = search_schedule(model, batches, args.search_budget, seed=0,
-                                                                    reuse=args.reuse)
+        schedules[("search", args.search_budget)] = searched or search_schedule(
+            model, batches, args.search_budget, seed=0, reuse=args.reuse)
         rows.append(("search", args.search_budget))
     calls = {key: (lambda s=schedule: model.sample_actions(cond, None, CachedBlocks(s)))
              for key, schedule in schedules.items()}

@@ -8,7 +8,12 @@ Statistics per sub-block, from its outputs X^k (k = denoising step) on N calibra
 ``mode=search`` needs no statistics: it samples the calibration windows' actions under candidate
 schedules and keeps the one that the greedy search (``bac.greedy_prune``) finds closest to the uncached
 actions on what the runtime plays (the first ``action_horizon`` actions of a chunk), at the FLOPs of
-``budget`` updates per sub-block (``budget`` may be fractional there).
+``budget`` updates per sub-block (``budget`` may be fractional there), averaged over ``noise_seeds``
+draws of the sampling noise.
+
+Calibration states (``states=``): ``windows``, the annotated windows of a data set (the expert's states),
+or ``rollouts``, the conditions the uncached policy itself samples from in closed loop on the play-table
+(``dream_policy.rollout_states``), which is where the runtime meets the schedule.
 """
 
 from __future__ import annotations
@@ -76,14 +81,22 @@ def build_schedule(mode: str, stats: Mapping[BlockKey, Mapping[str, Any]], num_s
     return CacheSchedule(mode, num_steps, depth, width, steps, None if mode == "none" else budget, info, reuse)
 
 
+Batch = dict[str, Any] | torch.Tensor  # a window batch, or DiT conditions (B, A, D) as they are
+
+
+def condition(model: Any, batch: Batch) -> torch.Tensor:
+    """The DiT condition (B, A, D) of a window ``batch`` (a tensor is taken as a condition already)."""
+    return batch if isinstance(batch, torch.Tensor) else model.features(batch)["action"]
+
+
 @torch.no_grad()
-def record(model: Any, batches: Iterable[dict[str, Any]], seed: int = 0) -> dict[BlockKey, torch.Tensor]:
+def record(model: Any, batches: Iterable[Batch], seed: int = 0) -> dict[BlockKey, torch.Tensor]:
     """Every sub-block's output at every denoising step over all ``batches``: {key: (K, N, chunk, C)}."""
     parts: dict[BlockKey, list[torch.Tensor]] = {}
     generator = torch.Generator().manual_seed(seed)
     for batch in batches:
         recorder = BlockRecorder()
-        model.predict_chunk(batch, generator=generator, block_hook=recorder)
+        model.sample_actions(condition(model, batch), generator=generator, block_hook=recorder)
         for key, x in recorder.trajectories().items():
             parts.setdefault(key, []).append(x)
     if not parts:
@@ -92,11 +105,11 @@ def record(model: Any, batches: Iterable[dict[str, Any]], seed: int = 0) -> dict
 
 
 @torch.no_grad()
-def action_error(model: Any, batches: Iterable[dict[str, Any]], schedule: CacheSchedule, seed: int = 0) -> float:
+def action_error(model: Any, batches: Iterable[Batch], schedule: CacheSchedule, seed: int = 0) -> float:
     """Mean |cached - uncached| action over ``batches``, both sampled from the same noise."""
     errors = []
     for batch in batches:
-        cond = model.features(batch)["action"]
+        cond = condition(model, batch)
         exact = model.sample_actions(cond, torch.Generator().manual_seed(seed))
         cached = model.sample_actions(cond, torch.Generator().manual_seed(seed), CachedBlocks(schedule))
         errors.append((cached - exact).abs().mean().item())
@@ -131,29 +144,33 @@ def sub_block_flops(model: Any, cond: torch.Tensor) -> dict[BlockKey, float]:
 
 
 @torch.no_grad()
-def search_schedule(model: Any, batches: list[dict[str, Any]], budget: float, seed: int = 0,
+def search_schedule(model: Any, batches: list[Batch], budget: float, seed: int = 0,
                     played: int | None = None, reuse: str = "regate", rounds_hint: int = 4,
-                    show_progress: bool = True) -> CacheSchedule:
+                    show_progress: bool = True, noise_seeds: int = 1) -> CacheSchedule:
     """The ``search`` schedule: greedy removal of updates, scored by the error of the played actions.
 
     The error is the mean |cached - uncached| of the first ``played`` actions of each chunk (None: the
-    model's ``action_horizon``, else the whole chunk), both sampled from the same noise; the schedule's
-    sub-block FLOPs stay within those of ``budget`` updates of every sub-block.
+    model's ``action_horizon``, else the whole chunk), both sampled from the same noise, averaged over
+    ``noise_seeds`` noise draws (seeds ``seed``, ``seed + 1``, ...); the schedule's sub-block FLOPs stay
+    within those of ``budget`` updates of every sub-block.
     """
     cfg, dit_cfg = model.config, model.config.dit
     num_steps = cfg.ddim_steps
     if not 1 <= budget <= num_steps:
         raise ValueError(f"budget={budget} must be in [1, steps={num_steps}]")
+    if noise_seeds < 1:
+        raise ValueError(f"noise_seeds={noise_seeds} must be >= 1")
     played = played or cfg.action_horizon or cfg.chunk
-    cond = torch.cat([model.features(b)["action"] for b in batches])  # (N, A, D)
-    reference = model.sample_actions(cond, torch.Generator().manual_seed(seed))[:, :played]
+    cond = torch.cat([condition(model, b) for b in batches])  # (N, A, D)
+    draws = [seed + i for i in range(noise_seeds)]
+    reference = [model.sample_actions(cond, torch.Generator().manual_seed(s))[:, :played] for s in draws]
     costs = sub_block_flops(model, cond)
     blocks = sorted(costs, key=block_order)
 
     def error(steps: dict[BlockKey, list[int]]) -> float:
         schedule = CacheSchedule("search", num_steps, dit_cfg.depth, dit_cfg.width, steps, None, {}, reuse)
-        cached = model.sample_actions(cond, torch.Generator().manual_seed(seed), CachedBlocks(schedule))
-        return float((cached[:, :played] - reference).abs().mean())
+        return float(np.mean([(model.sample_actions(cond, torch.Generator().manual_seed(s), CachedBlocks(schedule))
+                               [:, :played] - ref).abs().mean() for s, ref in zip(draws, reference, strict=True)]))
 
     full = sum(costs.values()) * num_steps
     target = budget * sum(costs.values())
@@ -167,7 +184,7 @@ def search_schedule(model: Any, batches: list[dict[str, Any]], budget: float, se
 
     steps = greedy_prune(blocks, num_steps, target, error, costs, rounds_hint, progress)
     bar.close()
-    info = {"played_actions": played, "played_error": round(error(steps), 6),
+    info = {"played_actions": played, "played_error": round(error(steps), 6), "noise_seeds": noise_seeds,
             "flops_fraction": round(sum(costs[k] * len(v) for k, v in steps.items()) / (sum(costs.values()) * num_steps), 4),
             "sub_block_mflops": {f"{i}.{kind}": round(costs[(i, kind)] / 1e6, 4) for i, kind in blocks}}
     return CacheSchedule("search", num_steps, dit_cfg.depth, dit_cfg.width, steps, budget, info, reuse)
@@ -189,8 +206,37 @@ def calibration_batches(data: str | Path, split: str, policy: Any, samples: int,
             for i in range(0, len(items), batch_size)]
 
 
+STATES = ("windows", "rollouts")
+
+
+def calibration_states(cfg: Mapping[str, Any], policy: Any) -> tuple[list[Batch], dict[str, Any]]:
+    """(batches, description) of the calibration states ``cfg`` asks for (see the module)."""
+    states, batch_size, seed = str(cfg.get("states") or "windows"), int(cfg["batch_size"]), int(cfg["seed"])
+    samples = cfg.get("samples")
+    if states not in STATES:
+        raise ValueError(f"states={states!r} is not one of {list(STATES)}")
+    if states == "windows":
+        if not cfg.get("data"):
+            raise ValueError("states=windows calibrates on a data set's windows: give data=DIR "
+                             "(or states=rollouts to record the policy's own states on the play-table)")
+        samples = 64 if samples is None else int(samples)
+        batches = calibration_batches(cfg["data"], str(cfg["split"]), policy, samples, batch_size)
+        return batches, {"data": str(cfg["data"]), "split": str(cfg["split"]),
+                         "samples": sum(len(b["lang_emb"]) for b in batches)}
+    from dream_policy.rollout_states import closed_loop_conditions
+
+    cond, info = closed_loop_conditions(policy, int(cfg["rollout_first"]), int(cfg["rollout_chains"]),
+                                        str(cfg["scene"]), int(cfg["ep_len"]), seed)
+    samples = 512 if samples is None else int(samples)
+    pick = torch.randperm(len(cond), generator=torch.Generator().manual_seed(seed))[:samples]
+    cond = cond[pick]
+    return list(cond.split(batch_size)), {**info, "samples": len(cond)}
+
+
 def calibrate_command(cfg: Mapping[str, Any]) -> None:
-    """CLI: ``dream-policy calibrate-cache ckpt=PATH data=DIR budget=M bubbling_blocks=n``."""
+    """CLI: ``dream-policy calibrate-cache ckpt=PATH data=DIR budget=M bubbling_blocks=n`` (or
+    ``states=rollouts`` instead of ``data=``)."""
+    from dream_policy.cli import UsageError
     from dream_policy.runtime import DreamPolicy
 
     torch.set_num_threads(int(cfg.get("torch_threads") or 1))
@@ -200,17 +246,20 @@ def calibrate_command(cfg: Mapping[str, Any]) -> None:
     model, dit_cfg = policy.model, policy.model.config.dit
     num_steps = policy.model.config.ddim_steps
     budget = float(cfg["budget"]) if str(cfg["mode"]) == "search" else int(cfg["budget"])
-    batches = calibration_batches(cfg["data"], str(cfg["split"]), policy, int(cfg["samples"]), int(cfg["batch_size"]))
+    try:
+        batches, calibration = calibration_states(cfg, policy)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     reuse = str(cfg.get("reuse") or "regate")
     if str(cfg["mode"]) == "search":
-        schedule = search_schedule(model, batches, budget, int(cfg["seed"]), reuse=reuse)
+        schedule = search_schedule(model, batches, budget, int(cfg["seed"]), reuse=reuse,
+                                   noise_seeds=int(cfg.get("noise_seeds") or 1))
     else:
         stats = block_statistics(record(model, batches, int(cfg["seed"])))
         schedule = build_schedule(str(cfg["mode"]), stats, num_steps, int(budget), int(cfg["bubbling_blocks"]),
                                   dit_cfg.depth, dit_cfg.width, reuse)
-    schedule.info["action_error"] = action_error(model, batches, schedule, int(cfg["seed"]) + 1)
-    schedule.info["calibration"] = {"data": str(cfg["data"]), "split": str(cfg["split"]),
-                                    "samples": sum(len(b["lang_emb"]) for b in batches)}
+    schedule.info["action_error"] = action_error(model, batches, schedule, int(cfg["seed"]) + 1000)
+    schedule.info["calibration"] = calibration
     out = Path(str(cfg["out"])) if cfg.get("out") else ckpt / SCHEDULE_FILE
     schedule.save(out)
     print(f"{schedule.mode} schedule, budget {budget} of {num_steps} steps: computes "

@@ -28,6 +28,7 @@ from ``stall_noise`` times unit noise (a higher temperature) until it moves agai
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,9 @@ class DreamPolicy:
         self.streaming = model.config.backbone.streaming
         self.kv_cache = kv_cache and self.streaming
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        # Called with each DiT condition (1, A, D) before its chunk is sampled (e.g. to calibrate a
+        # cache schedule on the states the policy itself visits); None: nothing is recorded.
+        self.condition_sink: Callable[[torch.Tensor], None] | None = None
         self.reset()
 
     @classmethod
@@ -215,11 +219,11 @@ class DreamPolicy:
         if self.kv_cache:
             lang = self.text_encoder.encode([instruction]).to(self.device)  # (1, lang_dim)
             cond = self._streamed_condition(lang, instruction)
-            chunk = self.model.sample_actions(cond, generator=self.generator, block_hook=hook,
-                                              noise_scale=noise_scale)[0]
         else:
-            chunk = self.model.predict_chunk(self._batch(instruction), generator=self.generator, block_hook=hook,
-                                             noise_scale=noise_scale)[0]
+            cond = self.model.features(self._batch(instruction))["action"]  # (1, A, D)
+        if self.condition_sink is not None:
+            self.condition_sink(cond.detach().cpu().clone())
+        chunk = self.model.sample_actions(cond, generator=self.generator, block_hook=hook, noise_scale=noise_scale)[0]
         return clip_actions(chunk.cpu().numpy().astype(np.float64))
 
     def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:

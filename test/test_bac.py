@@ -333,3 +333,26 @@ def test_search_schedule_stays_in_budget_and_beats_uniform(tiny_model, stats):
     assert err(schedule) < err(uniform)
     loaded = CacheSchedule.from_dict(schedule.to_dict())
     assert loaded.mode == "search" and loaded.steps == schedule.steps
+
+
+def test_search_takes_conditions_and_averages_over_noise_seeds(tiny_model):
+    """Conditions (as recorded in closed loop) work in place of window batches, and ``noise_seeds=2``
+    scores a schedule by its error averaged over two noise draws."""
+    batch = random_batch(tiny_model.config, b=4)
+    cond = tiny_model.features(batch)["action"]
+    from_windows = search_schedule(tiny_model, [batch], budget=3, seed=0, show_progress=False)
+    from_cond = search_schedule(tiny_model, list(cond.split(2)), budget=3, seed=0, show_progress=False)
+    assert from_cond.steps == from_windows.steps
+    two = search_schedule(tiny_model, [cond], budget=3, seed=0, show_progress=False, noise_seeds=2)
+    played = two.info["played_actions"]
+
+    def err(s, seed):
+        exact = tiny_model.sample_actions(cond, torch.Generator().manual_seed(seed))
+        cached = tiny_model.sample_actions(cond, torch.Generator().manual_seed(seed), CachedBlocks(s))
+        return (cached - exact)[:, :played].abs().mean().item()
+
+    assert two.info["noise_seeds"] == 2
+    assert two.info["played_error"] == pytest.approx((err(two, 0) + err(two, 1)) / 2, rel=1e-5)
+    assert two.info["flops_fraction"] <= 0.3 + 1e-4
+    with pytest.raises(ValueError, match="noise_seeds=0"):
+        search_schedule(tiny_model, [cond], budget=3, noise_seeds=0, show_progress=False)

@@ -8,7 +8,7 @@ import pytest
 from dream_policy.bac import CacheSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "tiny_D" / "cache_schedule.json"
+SHIPPED = ROOT / "checkpoints" / "tiny_D" / "bac_budget2.json"  # the shipped BAC schedule (off by default)
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +48,31 @@ def test_a_schedule_of_another_mode_or_model_is_refused(bench, tmp_path):
     with pytest.raises(ValueError, match="depth"):
         bench.load_bac_schedule(SHIPPED, int(shipped.budget), shipped.reuse, shipped.depth + 2, shipped.width,
                                 shipped.num_steps)
+
+
+def test_a_stored_search_schedule_loads_at_its_own_budget_and_other_modes_are_refused(bench, tmp_path):
+    shipped = CacheSchedule.load(SHIPPED)
+    search = CacheSchedule("search", shipped.num_steps, shipped.depth, shipped.width, dict(shipped.steps), 2.8,
+                           reuse=shipped.reuse)
+    path = search.save(tmp_path / "search.json")
+    loaded = bench.load_search_schedule(path, shipped.reuse, *_shape(shipped))
+    assert loaded.mode == "search" and loaded.budget == 2.8 and loaded.steps == shipped.steps
+    other = "increment" if shipped.reuse == "regate" else "regate"
+    with pytest.raises(ValueError, match="--search-schedule needs a search schedule"):
+        bench.load_search_schedule(path, other, *_shape(shipped))
+    with pytest.raises(ValueError, match="bac schedule"):
+        bench.load_search_schedule(SHIPPED, shipped.reuse, *_shape(shipped))
+
+
+def test_the_shipped_checkpoint_runs_uncached_by_default_and_its_schedule_fits_it():
+    """Session 21: the BAC schedule cost ~0.2 avg_seq_len in closed loop, so it ships beside the weights
+    (``cache=PATH`` turns it on) rather than as the ``cache_schedule.json`` that ``cache=auto`` picks up."""
+    from test_runtime import FakeText
+
+    from dream_policy.runtime import DreamPolicy
+
+    ckpt = SHIPPED.parent
+    assert not (ckpt / "cache_schedule.json").exists()
+    assert DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText()).schedule is None
+    cached = DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText(), cache=str(SHIPPED))
+    assert cached.schedule is not None and cached.schedule.steps == CacheSchedule.load(SHIPPED).steps

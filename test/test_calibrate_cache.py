@@ -75,3 +75,25 @@ def test_calibrate_search_mode_takes_a_fractional_budget(tmp_path, checkpoint, c
     policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), cache=str(out))
     assert policy.schedule.steps == schedule.steps
     assert policy.step(obs(np.random.default_rng(0)), "open the drawer").shape == (7,)
+
+
+def test_windows_need_data(checkpoint, capsys):
+    assert main(["calibrate-cache", f"ckpt={checkpoint}"]) == 2
+    assert "data=DIR" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_calibrate_on_the_policys_own_closed_loop_states(tmp_path, checkpoint, capsys):
+    """``states=rollouts``: the uncached policy runs CALVIN's chain 300 on the play-table (2 control steps
+    per subtask here) and the schedule is searched on the conditions it sampled from."""
+    out = tmp_path / "rollouts.json"
+    assert main(["calibrate-cache", f"ckpt={checkpoint}", "states=rollouts", "rollout_chains=1", "ep_len=2",
+                 "mode=search", "budget=3", "noise_seeds=2", "batch_size=1", f"out={out}"]) == 0
+    schedule = CacheSchedule.load(out)
+    calibration = schedule.info["calibration"]
+    assert calibration["states"] == "rollouts" and calibration["chains"] == [300, 300]
+    policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), cache=str(out))
+    chunks = -(-2 // policy.action_horizon)  # a failed first subtask: 2 control steps
+    assert calibration["recorded"] == calibration["samples"] == chunks
+    assert schedule.mode == "search" and schedule.info["noise_seeds"] == 2
+    assert policy.schedule.steps == schedule.steps

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dream_policy.checkpoint import save_checkpoint
-from dream_policy.data.normalization import Normalizer
+from dream_policy.data.normalization import Normalizer, clip_actions
 from dream_policy.model import DreamVLA, load_model_config
 from dream_policy.runtime import DreamPolicy, ensemble_action, make_checkpoint_policy, stalled
 
@@ -394,3 +394,29 @@ def test_a_streaming_model_trains_and_checks_its_receptive_field():
     loss, _ = model(random_batch(config, b=2))
     loss.backward()
     assert model.backbone.time_emb is None and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("which", ["window", "streaming"])
+def test_the_condition_sink_sees_every_condition_a_chunk_is_sampled_from(checkpoint, streaming_checkpoint, which):
+    """``condition_sink`` gets the DiT condition of each chunk, before sampling, on both condition paths, and
+    recording does not change the actions."""
+    path = checkpoint if which == "window" else streaming_checkpoint
+    recorded, plain = DreamPolicy.from_checkpoint(path, text_encoder=FakeText()), DreamPolicy.from_checkpoint(
+        path, text_encoder=FakeText())
+    assert recorded.kv_cache == (which == "streaming")
+    seen = []
+    recorded.condition_sink = seen.append
+    rng = np.random.default_rng(3)
+    for k in range(4):
+        o = obs(rng)
+        np.testing.assert_array_equal(recorded.step(o, "open the drawer"), plain.step(o, "open the drawer"))
+    chunks = -(-4 // recorded.action_horizon)
+    actions = recorded.model.layout.step_slice("action")
+    shape = (1, actions.stop - actions.start, recorded.model.config.backbone.width)
+    assert len(seen) == chunks and all(c.shape == shape for c in seen)
+    recorded.seed(5)
+    chunk = recorded.sample_chunk("open the drawer")  # no new frame: the same condition again
+    assert len(seen) == chunks + 1
+    torch.testing.assert_close(seen[-1], seen[-2])
+    again = recorded.model.sample_actions(seen[-1], torch.Generator().manual_seed(5))[0].numpy()
+    np.testing.assert_allclose(chunk, clip_actions(again.astype(np.float64)), atol=1e-6)
