@@ -62,6 +62,8 @@ def test_a_stored_search_schedule_loads_at_its_own_budget_and_other_modes_are_re
         bench.load_search_schedule(path, other, *_shape(shipped))
     with pytest.raises(ValueError, match="bac schedule"):
         bench.load_search_schedule(SHIPPED, shipped.reuse, *_shape(shipped))
+    recorded = ROOT / "bench" / "schedules" / "tiny_D_search_rollouts.json"  # session 21's, in RESULTS
+    assert bench.load_search_schedule(recorded, shipped.reuse, *_shape(shipped)).budget == 2.786
 
 
 def test_the_shipped_checkpoint_runs_uncached_by_default_and_its_schedule_fits_it():
