@@ -9,6 +9,8 @@ from dream_policy.bac import CacheSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "tiny_D" / "bac_budget2.json"  # the shipped BAC schedule (off by default)
+# the shipped schedules: budget 2 (head 2.6x, costs avg_seq_len) and budget 5 (keeps it, session 22)
+SHIPPED_ALL = [SHIPPED, ROOT / "checkpoints" / "tiny_D" / "bac_budget5.json"]
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +25,10 @@ def _shape(schedule: CacheSchedule) -> tuple[int, int, int]:
     return schedule.depth, schedule.width, schedule.num_steps
 
 
-def test_the_shipped_schedule_loads_at_its_budget(bench):
-    shipped = CacheSchedule.load(SHIPPED)
-    loaded = bench.load_bac_schedule(SHIPPED, int(shipped.budget), shipped.reuse, *_shape(shipped))
+@pytest.mark.parametrize("path", SHIPPED_ALL, ids=lambda p: p.stem)
+def test_the_shipped_schedules_load_at_their_budgets(bench, path):
+    shipped = CacheSchedule.load(path)
+    loaded = bench.load_bac_schedule(path, int(shipped.budget), shipped.reuse, *_shape(shipped))
     assert loaded.steps == shipped.steps and loaded.mode == "bac"
 
 
@@ -68,7 +71,8 @@ def test_a_stored_search_schedule_loads_at_its_own_budget_and_other_modes_are_re
 
 def test_the_shipped_checkpoint_runs_uncached_by_default_and_its_schedule_fits_it():
     """Session 21: the BAC schedule cost ~0.2 avg_seq_len in closed loop, so it ships beside the weights
-    (``cache=PATH`` turns it on) rather than as the ``cache_schedule.json`` that ``cache=auto`` picks up."""
+    (``cache=PATH`` turns it on) rather than as the ``cache_schedule.json`` that ``cache=auto`` picks up;
+    so does session 22's budget-5 schedule."""
     from test_runtime import FakeText
 
     from dream_policy.runtime import DreamPolicy
@@ -76,5 +80,6 @@ def test_the_shipped_checkpoint_runs_uncached_by_default_and_its_schedule_fits_i
     ckpt = SHIPPED.parent
     assert not (ckpt / "cache_schedule.json").exists()
     assert DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText()).schedule is None
-    cached = DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText(), cache=str(SHIPPED))
-    assert cached.schedule is not None and cached.schedule.steps == CacheSchedule.load(SHIPPED).steps
+    for path in SHIPPED_ALL:
+        cached = DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText(), cache=str(path))
+        assert cached.schedule is not None and cached.schedule.steps == CacheSchedule.load(path).steps
