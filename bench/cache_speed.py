@@ -8,6 +8,9 @@ windows, or a stored one, ``--search-schedule``). The line before the last is ``
 current step's adaLN gate (``--reuse regate``, the default) or the cached increments as they were
 (``--reuse increment``); the ``|da| inc`` column gives the action error of the other kind, for comparison.
 
+A ``--bac-schedule`` that names a distilled head (``dream-policy distill-cache``) gets its bac rows' action
+error, ``step()`` and closed loop with that head (timed head calls use the checkpoint's DiT: same work).
+
 Usage: MUJOCO_GL=egl python bench/cache_speed.py [--ckpt checkpoints/tiny_D] [--data DIR]
        [--budgets 2 3 4 5] [--budget 3] [--bubbling-blocks 3] [--search-budget 2.6] [--chains 100] [--workers 2]
 Without --data it records 2 short expert episodes to calibrate on.
@@ -37,7 +40,7 @@ from dream_policy.calibrate_cache import (
     record,
     search_schedule,
 )
-from dream_policy.dit_cache import CachedBlocks
+from dream_policy.dit_cache import CachedBlocks, load_head
 from dream_policy.runtime import DreamPolicy
 
 MODES = ("uniform", "adaptive", "bac")
@@ -115,8 +118,8 @@ def closed_loop(ckpt: Path, schedule: CacheSchedule | None, chains: int, workers
     path = out / "schedule.json"
     cache = "none"
     if schedule is not None:
-        schedule.save(path)
-        cache = str(path)
+        schedule.save(path)  # names a distilled head where it lies
+        cache = str(path.resolve())
     options = {"ckpt": str(ckpt.resolve()), "cache": cache}
     if ddim_steps is not None:
         options["ddim_steps"] = ddim_steps
@@ -199,6 +202,9 @@ def main() -> None:
             parser.error(str(e))
         print(f"# bac at budget {args.budget}: {args.bac_schedule} (calibrated on "
               f"{stored.info.get('calibration', 'unrecorded data')}), not recalibrated here")
+        if stored.head is not None:
+            print(f"# its bac rows run the distilled head {stored.head_path()} (dream-policy distill-cache); "
+                  "none and the other modes the checkpoint's")
     searched = None
     if args.search_schedule:
         try:
@@ -225,6 +231,10 @@ def main() -> None:
         schedules[("search", args.search_budget)] = searched or search_schedule(
             model, batches, args.search_budget, seed=0, reuse=args.reuse)
         rows.append(("search", args.search_budget))
+    heads = {key: load_head(model, schedule) for key, schedule in schedules.items()}  # distilled DiTs, or None
+    # Timed with the checkpoint's DiT even where a schedule names a distilled one: the weights' values do not
+    # change the work, and a second copy of the weights, timed interleaved with the others, would run from
+    # colder caches than the runtime ever does (it swaps a distilled head into the one DiT in place).
     calls = {key: (lambda s=schedule: model.sample_actions(cond, None, CachedBlocks(s)))
              for key, schedule in schedules.items()}
     latencies = latency_ms({"none": lambda: model.sample_actions(cond), **calls}, args.repeats)
@@ -241,12 +251,16 @@ def main() -> None:
         schedule = schedules[(mode, budget)]
         ms = latencies[(mode, budget)]
         flops = head_flops(model, cond, schedule)
-        err = action_error(model, batches, schedule, seed=1)
-        err_other = action_error(model, batches, dataclasses.replace(schedule, reuse=other), seed=1)
+        err = action_error(model, batches, schedule, seed=1, head=heads[(mode, budget)])
+        err_other = action_error(model, batches, dataclasses.replace(schedule, reuse=other), seed=1,
+                                 head=heads[(mode, budget)])
         speedups[(mode, budget)] = np.percentile(base, 50) / np.percentile(ms, 50)
         print(f"{mode:9s} {budget:6g} {schedule.fraction():6.0%} {np.percentile(ms, 50):8.2f}ms "
               f"{np.percentile(ms, 95):6.2f}ms {speedups[(mode, budget)]:7.2f} {flops / 1e6:7.2f} "
               f"{base_flops / flops:6.2f} {err:7.4f} {err_other:8.4f}")
+    if heads[("bac", args.budget)] is not None:
+        print(f"(bac {args.budget:g} with the checkpoint's own head instead of the distilled one: |da| = "
+              f"{action_error(model, batches, schedules[('bac', args.budget)], seed=1):.4f})")
     budget_of = {mode: args.search_budget if mode == "search" else args.budget for mode in (*MODES, "search")}
     print(f"\nwhole step() (chunk sampled every step), budget {args.budget} (search {args.search_budget:g}):")
     for mode in ("none", "uniform", "bac", *(("search",) if args.search_budget else ())):

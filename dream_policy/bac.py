@@ -6,6 +6,9 @@ reuses the output cached at the last update (``dream_policy/dit_cache.py``). Ste
 update. What is reused (``CacheSchedule.reuse``): ``regate`` (the default) caches the sub-block's output
 before its adaLN-Zero gate and multiplies it by the current step's gate, which depends on the timestep
 alone; ``increment`` reuses the gated increment as it was (schedules written before ``reuse`` existed).
+A schedule may also name DiT weights fine-tuned to run under it (``head``: a safetensors file beside it,
+written by ``dream-policy distill-cache``, ``dream_policy/cache_distill.py``); the runtime then samples
+with those weights while the schedule is on, and with the checkpoint's own head otherwise.
 
 - ``uniform_steps(K, M)``: every ``K/M``-th step (the baseline of equal budget).
 - ``adaptive_steps(S, M)``: the Adaptive Caching Scheduler. ``S[i, k]`` is the cosine similarity of the
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +188,10 @@ class CacheSchedule:
     budget: float | None = None  # updates per sub-block (search: may be fractional, a FLOPs budget)
     info: dict[str, Any] = field(default_factory=dict)
     reuse: str = "regate"
+    # a safetensors file of DiT weights distilled to run under this schedule (``dream-policy distill-cache``),
+    # named relative to the schedule's folder; None: the checkpoint's own head
+    head: str | None = None
+    origin: Path | None = field(default=None, compare=False, repr=False)  # the file it was loaded from
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -197,6 +205,15 @@ class CacheSchedule:
 
     def updates(self, key: BlockKey) -> frozenset[int]:
         return frozenset(self.steps.get(key, range(self.num_steps)))
+
+    def head_path(self) -> Path | None:
+        """The distilled head's file (beside the schedule's file), or None for the checkpoint's head."""
+        if self.head is None:
+            return None
+        if self.origin is None:
+            raise ValueError(f"this schedule names a distilled head {self.head!r} but was not loaded from a "
+                             "file, so there is no folder to find it in")
+        return self.origin.parent / self.head
 
     def fraction(self) -> float:
         """Share of sub-block evaluations that this schedule computes (1.0 = no caching)."""
@@ -218,7 +235,8 @@ class CacheSchedule:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "mode": self.mode, "num_steps": self.num_steps, "depth": self.depth,
-                "width": self.width, "budget": self.budget, "reuse": self.reuse, "info": self.info,
+                "width": self.width, "budget": self.budget, "reuse": self.reuse,
+                **({} if self.head is None else {"head": self.head}), "info": self.info,
                 "steps": {f"{i}.{kind}": v for (i, kind), v in sorted(self.steps.items(), key=lambda kv: block_order(kv[0]))}}
 
     @classmethod
@@ -230,12 +248,18 @@ class CacheSchedule:
             index, _, kind = name.partition(".")
             steps[(int(index), kind)] = [int(s) for s in updates]
         return cls(d["mode"], int(d["num_steps"]), int(d["depth"]), int(d["width"]), steps, d.get("budget"),
-                   dict(d.get("info", {})), str(d.get("reuse", "increment")))
+                   dict(d.get("info", {})), str(d.get("reuse", "increment")),
+                   None if d.get("head") is None else str(d["head"]))
 
     def save(self, path: str | Path) -> Path:
+        """Write the schedule to ``path``; a distilled head it names stays where it is (named relative to
+        ``path``'s folder when the schedule was loaded from another one)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+        d = self.to_dict()
+        if self.head is not None and self.origin is not None:
+            d["head"] = os.path.relpath(self.origin.parent / self.head, path.parent)
+        tmp.write_text(json.dumps(d, indent=1), encoding="utf-8")
         tmp.replace(path)
         return path
 
@@ -243,6 +267,8 @@ class CacheSchedule:
     def load(cls, path: str | Path) -> CacheSchedule:
         path = Path(path)
         try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            schedule = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not a valid cache schedule ({e})") from e
+        schedule.origin = path
+        return schedule

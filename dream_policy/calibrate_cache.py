@@ -105,13 +105,15 @@ def record(model: Any, batches: Iterable[Batch], seed: int = 0) -> dict[BlockKey
 
 
 @torch.no_grad()
-def action_error(model: Any, batches: Iterable[Batch], schedule: CacheSchedule, seed: int = 0) -> float:
-    """Mean |cached - uncached| action over ``batches``, both sampled from the same noise."""
+def action_error(model: Any, batches: Iterable[Batch], schedule: CacheSchedule, seed: int = 0,
+                 head: Any = None) -> float:
+    """Mean |cached - uncached| action over ``batches``, both sampled from the same noise; ``head``: the DiT
+    the cached actions are sampled with (a distilled one; None: the model's own)."""
     errors = []
     for batch in batches:
         cond = condition(model, batch)
         exact = model.sample_actions(cond, torch.Generator().manual_seed(seed))
-        cached = model.sample_actions(cond, torch.Generator().manual_seed(seed), CachedBlocks(schedule))
+        cached = model.sample_actions(cond, torch.Generator().manual_seed(seed), CachedBlocks(schedule), head=head)
         errors.append((cached - exact).abs().mean().item())
     return float(np.mean(errors))
 

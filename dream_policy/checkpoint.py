@@ -158,6 +158,15 @@ def _write_files(folder: Path, model_state: Mapping[str, torch.Tensor],
     torch.save(dict(trainer_state or {}), folder / TRAINER_STATE)
 
 
+def save_tensors(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Write ``state`` as one safetensors file, atomically (a killed write leaves the old file as it was)."""
+    path = Path(path)
+    tmp = path.with_name(f"{_TMP}{path.name}-{uuid.uuid4().hex[:8]}")
+    save_file(_cpu_copies(state), str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+    return path
+
+
 def _cpu_copies(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Separate contiguous CPU tensors (safetensors refuses tensors that share memory, e.g. tied weights)."""
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}

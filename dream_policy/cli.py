@@ -102,6 +102,12 @@ COMMANDS: dict[str, Command] = {
             "dream_policy.calibrate_cache:calibrate_command",
         ),
         Command(
+            "distill-cache",
+            "fine-tune a copy of the DiT head to run under a cache schedule (cache-aware distillation)",
+            "distill-cache",
+            "dream_policy.cache_distill:distill_command",
+        ),
+        Command(
             "bag2data",
             "convert rosbag2 teleoperation recordings into a CALVIN-format data set",
             "bag2data",

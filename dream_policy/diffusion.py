@@ -100,7 +100,6 @@ class DiffusionSchedule:
         abar = abar.view(-1, *([1] * (x0.dim() - 1)))  # (B, 1, ...)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
-    @torch.no_grad()
     def ddim_sample(
         self,
         model_fn: ModelFn,
@@ -115,8 +114,12 @@ class DiffusionSchedule:
         dtype: torch.dtype = torch.float32,
         clip_sample: float | None = None,
         noise_scale: float = 1.0,
+        grad: bool = False,
     ) -> torch.Tensor:
         """Denoise pure noise of ``shape`` (B, ...) into a sample (B, ...) with DDIM.
+
+        Runs under ``torch.no_grad`` unless ``grad`` (then under the caller's grad mode: cache-aware
+        distillation backpropagates through the whole sampling chain).
 
         Guidance: eps = eps_uncond + guidance * (eps_cond - eps_uncond); ``guidance == 1`` calls the
         model once per step (conditional only), otherwise twice (``cond`` then ``None``), or, for a
@@ -139,22 +142,23 @@ class DiffusionSchedule:
             raise ValueError(f"clip_sample must be > 0 or None, got {clip_sample!r}")
         if not noise_scale >= 0:
             raise ValueError(f"noise_scale must be >= 0, got {noise_scale!r}")
-        if device is None:
-            device = cond.device if isinstance(cond, torch.Tensor) else "cpu"
-        x = _randn(shape, generator, device, dtype) * noise_scale  # (B, ...)
-        timesteps = ddim_timesteps(self.train_steps, steps)
-        if isinstance(model_fn, PreparedModel):
-            step_fn = model_fn.prepare_sampling(cond, timesteps, shape[0], guidance != 1.0)
-            predict = _batched_predictor(step_fn, guidance)
-        else:
-            predict = _two_call_predictor(model_fn, cond, guidance, shape[0], device)
-        abars = [self._abar(t) for t in timesteps] + [self._abar(-1)]  # the last step lands on x0
-        for i, t in enumerate(timesteps):
-            if on_step is not None:
-                on_step(i, t)
-            eps = predict(i, t, x)
-            x = self._ddim_step(x, eps, abars[i], abars[i + 1], eta, generator, clip_sample)
-        return x
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            if device is None:
+                device = cond.device if isinstance(cond, torch.Tensor) else "cpu"
+            x = _randn(shape, generator, device, dtype) * noise_scale  # (B, ...)
+            timesteps = ddim_timesteps(self.train_steps, steps)
+            if isinstance(model_fn, PreparedModel):
+                step_fn = model_fn.prepare_sampling(cond, timesteps, shape[0], guidance != 1.0)
+                predict = _batched_predictor(step_fn, guidance)
+            else:
+                predict = _two_call_predictor(model_fn, cond, guidance, shape[0], device)
+            abars = [self._abar(t) for t in timesteps] + [self._abar(-1)]  # the last step lands on x0
+            for i, t in enumerate(timesteps):
+                if on_step is not None:
+                    on_step(i, t)
+                eps = predict(i, t, x)
+                x = self._ddim_step(x, eps, abars[i], abars[i + 1], eta, generator, clip_sample)
+            return x
 
     @staticmethod
     def _ddim_step(

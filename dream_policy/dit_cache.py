@@ -8,10 +8,12 @@ copy per step. Each classifier-free guidance branch (with and without the condit
 cache entries: sampling runs both branches in one batched DiT call (``DiTSampler``), whose increments
 hold the conditional rows then the unconditional ones, so one cache entry holds both branches' rows and
 the branches share the schedule; a DiT call per branch (``HookedDiT.__call__``) caches each branch apart.
+``load_head`` reads the distilled DiT a schedule may name (``CacheSchedule.head``).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -107,3 +109,17 @@ class HookedDiT:
 def hooked_model_fn(dit: DiT, hook: CachedBlocks | BlockRecorder) -> HookedDiT:
     """The DDIM ``model_fn`` running ``dit`` through ``hook``."""
     return HookedDiT(dit, hook)
+
+
+def load_head(model: Any, schedule: CacheSchedule) -> DiT | None:
+    """The distilled DiT ``schedule`` names, as a copy of ``model.dit`` (None when it names none)."""
+    from dream_policy.checkpoint import load_weights
+
+    path = schedule.head_path()
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"distilled head {path} named by the cache schedule does not exist")
+    head = copy.deepcopy(model.dit)
+    load_weights(path, head, strict=True)
+    return head.eval()

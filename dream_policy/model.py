@@ -376,18 +376,21 @@ class DreamVLA(nn.Module):
         cond = self.features(batch_obs)["action"]  # (B, A, D)
         return self.sample_actions(cond, generator, block_hook, noise_scale=noise_scale)
 
-    @torch.no_grad()
     def sample_actions(self, cond: torch.Tensor, generator: torch.Generator | None = None,
-                       block_hook: Any = None, noise_scale: float | None = None) -> torch.Tensor:
+                       block_hook: Any = None, noise_scale: float | None = None, head: DiT | None = None,
+                       grad: bool = False) -> torch.Tensor:
         """The DiT head alone: DDIM from noise to an action chunk (B, chunk, 7) given cond (B, A, D),
-        starting from ``noise_scale`` (None: the config's) times unit noise."""
+        starting from ``noise_scale`` (None: the config's) times unit noise. ``head`` samples with another
+        DiT of the same shape instead of ``self.dit``; ``grad`` keeps the caller's grad mode (else no_grad)."""
         cfg = self.config
-        model_fn, on_step = self.dit, None
+        head = self.dit if head is None else head
+        model_fn, on_step = head, None
         if block_hook is not None:
             from dream_policy.dit_cache import hooked_model_fn
 
-            model_fn, on_step = hooked_model_fn(self.dit, block_hook), block_hook.start_step
+            model_fn, on_step = hooked_model_fn(head, block_hook), block_hook.start_step
         return self.schedule.ddim_sample(model_fn, (cond.shape[0], cfg.chunk, cfg.action_dim), cond,
                                          steps=cfg.ddim_steps, guidance=cfg.guidance, generator=generator,
                                          clip_sample=cfg.clip_sample, on_step=on_step,
-                                         noise_scale=cfg.noise_scale if noise_scale is None else noise_scale)
+                                         noise_scale=cfg.noise_scale if noise_scale is None else noise_scale,
+                                         grad=grad)

@@ -11,7 +11,8 @@ samples less often (the ROS policy node) uses ``observe(obs)`` every control tic
 ``sample_chunk(instruction)`` when it wants actions, so the history holds consecutive frames as in
 training. The DiT head runs under the BAC schedule
 saved next to the checkpoint by ``dream-policy calibrate-cache`` (``cache_schedule.json``) when
-there is one (``cache="auto"``); ``cache="none"`` turns caching off, a path picks another schedule.
+there is one (``cache="auto"``); ``cache="none"`` turns caching off, a path picks another schedule (a
+schedule that names a distilled head runs with those DiT weights, ``CacheSchedule.head``).
 History cache: the tokens that depend on one frame alone (vision latents, proprioception) are
 computed once per frame and reused while the frame stays in the window (``history_cache=True``).
 With a backbone trained with a learned time embedding (the place in the window) the backbone then
@@ -40,7 +41,7 @@ from dream_policy.backbone import StreamCache
 from dream_policy.checkpoint import checkpoint_folder, load_normalization
 from dream_policy.data.loader import preprocess_history
 from dream_policy.data.normalization import GRIPPER_DIM, Normalizer, clip_actions
-from dream_policy.dit_cache import CachedBlocks
+from dream_policy.dit_cache import CachedBlocks, load_head
 from dream_policy.encoders import TextEncoder, build_text_encoder
 from dream_policy.model import DreamVLA
 
@@ -83,6 +84,7 @@ class DreamPolicy:
         self.model = model.to(device).eval()
         self.history_cache = history_cache
         self.schedule = None
+        self._own_head: dict[str, torch.Tensor] | None = None  # the checkpoint's DiT while a distilled one runs
         self.set_schedule(schedule)
         self.normalizer, self.text_encoder, self.device = normalizer, text_encoder, torch.device(device)
         self.history_len = model.config.backbone.history
@@ -125,13 +127,28 @@ class DreamPolicy:
                    stall_tol=stall_tol, stall_noise=stall_noise)
 
     def set_schedule(self, schedule: CacheSchedule | None, source: str = "cache schedule") -> None:
-        """Run the DiT head under ``schedule`` (None: no caching); it must fit this model."""
+        """Run the DiT head under ``schedule`` (None: no caching); it must fit this model. A schedule that
+        names a distilled head (``CacheSchedule.head``) swaps those weights in; any other choice puts the
+        checkpoint's own head back."""
         if schedule is not None:
             cfg = self.model.config
             schedule.check_matches(cfg.dit.depth, cfg.dit.width, cfg.ddim_steps, source)
             if schedule.mode == "none":
                 schedule = None
+        self._use_head(None if schedule is None else load_head(self.model, schedule))  # raises before any change
         self.schedule = schedule
+
+    def _use_head(self, head: torch.nn.Module | None) -> None:
+        """Run with ``head``'s DiT weights (None: the checkpoint's, kept aside when first swapped out)."""
+        dit = self.model.dit
+        if head is None:
+            if self._own_head is not None:
+                dit.load_state_dict(self._own_head)
+                self._own_head = None
+            return
+        if self._own_head is None:
+            self._own_head = {k: v.detach().clone() for k, v in dit.state_dict().items()}
+        dit.load_state_dict(head.state_dict())
 
     def seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)

@@ -4,13 +4,16 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from dream_policy.bac import CacheSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "tiny_D" / "bac_budget2.json"  # the shipped BAC schedule (off by default)
-# the shipped schedules: budget 2 (head 2.6x, costs avg_seq_len) and budget 5 (keeps it, session 22)
-SHIPPED_ALL = [SHIPPED, ROOT / "checkpoints" / "tiny_D" / "bac_budget5.json"]
+# budget 2 with a head distilled to run under it (session 23: within 0.1 of uncached at budget 2's speed)
+DISTILLED = ROOT / "checkpoints" / "tiny_D" / "bac_budget2_distilled.json"
+# the shipped schedules: budget 2 (head 2.6x, costs avg_seq_len), budget 5 (keeps it, session 22), distilled
+SHIPPED_ALL = [SHIPPED, ROOT / "checkpoints" / "tiny_D" / "bac_budget5.json", DISTILLED]
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +86,21 @@ def test_the_shipped_checkpoint_runs_uncached_by_default_and_its_schedule_fits_i
     for path in SHIPPED_ALL:
         cached = DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText(), cache=str(path))
         assert cached.schedule is not None and cached.schedule.steps == CacheSchedule.load(path).steps
+
+
+def test_the_distilled_schedule_runs_its_own_head_and_leaves_the_checkpoints():
+    from test_runtime import FakeText
+
+    from dream_policy.runtime import DreamPolicy
+
+    ckpt = SHIPPED.parent
+    distilled = CacheSchedule.load(DISTILLED)
+    assert distilled.steps == CacheSchedule.load(SHIPPED).steps and distilled.head_path().is_file()
+    own = DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText(), cache="none").model.dit.state_dict()
+    policy = DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText(), cache=str(DISTILLED))
+    swapped = policy.model.dit.state_dict()
+    assert any(not torch.equal(swapped[k], own[k]) for k in own)
+    info = distilled.info["distill"]
+    assert info["error_after"]["first_action"] < info["error_before"]["first_action"]
+    policy.set_schedule(None)
+    assert all(torch.equal(v, own[k]) for k, v in policy.model.dit.state_dict().items())

@@ -42,7 +42,8 @@ def run_cli(*args, env=None):
 
 
 def test_registered_commands():
-    assert set(cli.COMMANDS) == {"chains", "eval", "collect", "train", "pack", "calibrate-cache", "up", "bag2data"}
+    assert set(cli.COMMANDS) == {"chains", "eval", "collect", "train", "pack", "calibrate-cache", "distill-cache", "up",
+                                 "bag2data"}
     for name, command in cli.COMMANDS.items():
         assert command.name == name
         assert (REPO / "configs" / f"{command.config_name}.yaml").is_file()
