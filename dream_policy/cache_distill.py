@@ -44,31 +44,31 @@ def sample(model: Any, head: DiT, cond: torch.Tensor, seed: int, schedule: Cache
     return model.sample_actions(cond, generator=generator, block_hook=hook, head=head, grad=grad)
 
 
+def sampled_chunks(model: Any, head: DiT, schedule: CacheSchedule | None, cond: torch.Tensor,
+                   batch_size: int = 1024) -> torch.Tensor:
+    """The chunks ``head`` samples for ``cond`` under ``schedule`` over ``EVAL_SEEDS``: (seeds, N, chunk, 7)."""
+    return torch.stack([torch.cat([sample(model, head, part, seed + k * 7919, schedule)
+                                   for k, part in enumerate(cond.split(batch_size))])
+                        for seed in EVAL_SEEDS])
+
+
 def head_error(model: Any, head: DiT, schedule: CacheSchedule, cond: torch.Tensor,
                reference: torch.Tensor | None = None, batch_size: int = 1024) -> dict[str, float]:
     """How far ``head`` under ``schedule`` samples from the checkpoint's uncached head on ``cond`` over
     ``EVAL_SEEDS``: mean |error| of the first action and of the chunk, and the share of first actions whose
-    gripper command flips sign. ``reference`` (len(EVAL_SEEDS), N, chunk, 7): the uncached chunks, if known."""
+    gripper command flips sign. ``reference``: the uncached ``sampled_chunks``, if known."""
     if reference is None:
-        reference = uncached_reference(model, cond, batch_size)
-    ours = torch.stack([torch.cat([sample(model, head, part, seed + k * 7919, schedule)
-                                   for k, part in enumerate(cond.split(batch_size))])
-                        for seed in EVAL_SEEDS])
+        reference = sampled_chunks(model, model.dit, None, cond, batch_size)
+    ours = sampled_chunks(model, head, schedule, cond, batch_size)
     first = (ours[:, :, 0] - reference[:, :, 0]).abs().mean()
     flips = ((ours[:, :, 0, GRIPPER] > 0) != (reference[:, :, 0, GRIPPER] > 0)).float().mean()
     return {"first_action": round(float(first), 5), "chunk": round(float((ours - reference).abs().mean()), 5),
             "gripper_flips": round(float(flips), 5)}
 
 
-def uncached_reference(model: Any, cond: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """The checkpoint's uncached chunks for ``cond`` over ``EVAL_SEEDS`` (len(EVAL_SEEDS), N, chunk, 7)."""
-    return torch.stack([torch.cat([sample(model, model.dit, part, seed + k * 7919, None)
-                                   for k, part in enumerate(cond.split(batch_size))])
-                        for seed in EVAL_SEEDS])
-
-
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps times a cosine decay to zero at ``steps``."""
+    """Linear warm-up over ``warmup`` steps times a cosine decay to zero at ``steps`` (the cosine runs from step 0,
+    unlike the trainer's ``schedule.lr_at``: the shipped distilled head was trained with this one)."""
     return peak * min(1.0, (step + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
@@ -80,38 +80,28 @@ def distill_head(model: Any, schedule: CacheSchedule, cond: torch.Tensor, iters:
     of iteration ``i`` is seeded ``i``, the batches by ``seed``. ``model`` is left as it was."""
     if iters < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"iters={iters} and batch_size={batch_size} must be >= 1 and lr={lr} > 0")
-    teacher = model.dit
-    was_training = model.training
-    model.eval()
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    student = copy.deepcopy(teacher)
+    teacher = model.dit  # sampled without a graph: only the student's weights get gradients
+    student = copy.deepcopy(teacher).eval()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    picks = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    try:
-        for p in student.parameters():
-            p.requires_grad_(True)
-        opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-        picks = torch.Generator().manual_seed(seed)
-        bar = tqdm(range(iters), desc="distilling the cached head", unit="step", disable=not show_progress)
-        for step in bar:
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(step, iters, lr, warmup)
-            batch = cond[torch.randint(len(cond), (batch_size,), generator=picks)]
-            target = sample(model, teacher, batch, step, None)
-            loss = (sample(model, student, batch, step, schedule, grad=True) - target).pow(2).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"distillation loss became {loss.item()} at step {step}: lower lr={lr}")
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
-            opt.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.5f}")
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        model.train(was_training)
+    bar = tqdm(range(iters), desc="distilling the cached head", unit="step", disable=not show_progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, iters, lr, warmup)
+        batch = cond[torch.randint(len(cond), (batch_size,), generator=picks)]
+        target = sample(model, teacher, batch, step, None)
+        loss = (sample(model, student, batch, step, schedule, grad=True) - target).pow(2).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"distillation loss became {loss.item()} at step {step}: lower lr={lr}")
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.5f}")
     for p in student.parameters():
         p.requires_grad_(False)
     return student.eval(), losses
@@ -176,7 +166,7 @@ def distill_command(cfg: Mapping[str, Any]) -> None:
             raise UsageError(f"{len(cond)} states are too few to hold some out: record more or give held_out=FILE")
         train, held_out = cond[:keep], cond[keep:]
     held_out = held_out[: int(cfg["held_out_max"])]
-    reference = uncached_reference(model, held_out)
+    reference = sampled_chunks(model, model.dit, None, held_out)
     before = head_error(model, model.dit, schedule, held_out, reference)
     print(f"checkpoint head under {schedule_path.name} on {len(held_out)} held-out states: {before}")
     student, losses = distill_head(model, schedule, train, int(cfg["iters"]), int(cfg["batch_size"]), float(cfg["lr"]),
