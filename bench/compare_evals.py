@@ -38,17 +38,30 @@ def table(runs: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def paired(base: dict[str, Any], other: dict[str, Any]) -> dict[str, float] | None:
-    """Chain-by-chain difference of completed subtasks (other - base): mean, standard error, number of
-    chains better and worse; None when either run lacks per-chain records or their chains differ."""
+def chain_diffs(base: dict[str, Any], other: dict[str, Any]):
+    """Completed subtasks of ``other`` minus ``base``, chain by chain (a float array); None when either run
+    lacks per-chain records or their chains differ."""
     import numpy as np
 
     a, b = base.get("chains"), other.get("chains")
     if not a or not b or len(a) != len(b) or any(x["tasks"] != y["tasks"] for x, y in zip(a, b)):
         return None
-    diff = np.array([y["num_successes"] - x["num_successes"] for x, y in zip(a, b)], np.float64)
+    return np.array([y["num_successes"] - x["num_successes"] for x, y in zip(a, b)], np.float64)
+
+
+def summarise(diff) -> dict[str, float]:
+    """Mean paired difference, its standard error, and how many chains were better and worse."""
+    import numpy as np
+
     se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
     return {"mean": float(diff.mean()), "se": se, "better": int((diff > 0).sum()), "worse": int((diff < 0).sum())}
+
+
+def paired(base: dict[str, Any], other: dict[str, Any]) -> dict[str, float] | None:
+    """Chain-by-chain difference of completed subtasks (other - base): mean, standard error, number of
+    chains better and worse; None when either run lacks per-chain records or their chains differ."""
+    diff = chain_diffs(base, other)
+    return None if diff is None else summarise(diff)
 
 
 def paired_lines(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:

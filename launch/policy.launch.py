@@ -6,6 +6,7 @@ default, franka_hw.yaml, is an example to adapt to the cell). It is a lifecycle 
 
 Arguments (``ros2 launch dream_policy policy.launch.py --show-args``):
   checkpoint    checkpoint directory (required)
+  cache         DiT cache: auto (the checkpoint's cache_schedule.json if any), none, or a schedule JSON; default auto
   contract      contract YAML; default: the installed configs/contract/franka_hw.yaml
   node_name     node name; default dream_policy
   remappings    topic remappings "from:=to,from2:=to2"; default none
@@ -36,6 +37,9 @@ def generate_launch_description():
     contract = PathJoinSubstitution([FindPackageShare(PACKAGE), 'configs', 'contract', 'franka_hw.yaml'])
     return LaunchDescription([
         DeclareLaunchArgument('checkpoint', description='checkpoint directory of the policy'),
+        DeclareLaunchArgument('cache', default_value='auto',
+                              description="DiT cache: auto (the checkpoint's cache_schedule.json if any), "
+                                          'none, or a cache schedule JSON'),
         DeclareLaunchArgument('contract', default_value=contract,
                               description='contract YAML: topics, QoS, alignment, safety limits'),
         DeclareLaunchArgument('node_name', default_value='dream_policy', description='node name'),
@@ -56,7 +60,8 @@ def launch_setup(context):
     checkpoint = argument(context, 'checkpoint')
     if not checkpoint:
         raise RuntimeError('policy.launch.py: checkpoint:=<checkpoint directory> is required')
-    return policy_node_actions(context, ['--policy', 'checkpoint', '--ckpt', checkpoint])
+    return policy_node_actions(context, ['--policy', 'checkpoint', '--ckpt', checkpoint,
+                                         '--cache', argument(context, 'cache') or 'auto'])
 
 
 def argument(context, name):

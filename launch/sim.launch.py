@@ -7,6 +7,7 @@ started as in policy.launch.py) drives it with the scripted expert or a checkpoi
 Arguments (``ros2 launch dream_policy sim.launch.py --show-args``), those of policy.launch.py and:
   policy        expert | checkpoint; default expert
   checkpoint    checkpoint directory (needed with policy:=checkpoint)
+  cache         its DiT cache: auto | none | a schedule JSON; default auto
   scene         CALVIN scene A | B | C | D; default D
   use_sim_time  here true by default: the policy node follows the sim's /clock
 
@@ -34,6 +35,9 @@ def generate_launch_description():
                               description='expert (scripted, needs no checkpoint) or checkpoint'),
         DeclareLaunchArgument('checkpoint', default_value='',
                               description='checkpoint directory (with policy:=checkpoint)'),
+        DeclareLaunchArgument('cache', default_value='auto',
+                              description="the checkpoint's DiT cache: auto (its cache_schedule.json if any), "
+                                          'none, or a cache schedule JSON'),
         DeclareLaunchArgument('scene', default_value='D', choices=list(SCENES),
                               description='CALVIN scene variant'),
         DeclareLaunchArgument('contract', default_value=contract,
@@ -64,7 +68,9 @@ def launch_setup(context):
         raise RuntimeError(f'policy:={policy}: expected one of {", ".join(POLICIES)}')
     if policy == 'checkpoint' and not checkpoint:
         raise RuntimeError('sim.launch.py: policy:=checkpoint needs checkpoint:=<checkpoint directory>')
-    policy_arguments = ['--policy', policy, *(['--ckpt', checkpoint] if policy == 'checkpoint' else [])]
+    cache = policy_launch.argument(context, 'cache') or 'auto'
+    policy_arguments = ['--policy', policy,
+                        *(['--ckpt', checkpoint, '--cache', cache] if policy == 'checkpoint' else [])]
     sim = Node(
         package=PACKAGE,
         executable='sim_node',

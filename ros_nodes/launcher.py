@@ -156,11 +156,12 @@ def sim_args(contract: Path, scene: str = "D", seed: int = 0, realtime: bool = T
 
 
 def policy_args(contract: Path, policy: str, ckpt: Path | None = None, scene: str = "D",
-                diagnostics_period_s: float = PolicyNodeConfig.diagnostics_period_s) -> list[str]:
+                diagnostics_period_s: float = PolicyNodeConfig.diagnostics_period_s,
+                cache: str = "auto") -> list[str]:
     """Arguments of ``ros_nodes.policy_node`` over DDS (sim time with the sim contract)."""
     args = ["--contract", str(contract), "--policy", policy, "--scene", scene, "--transport", "dds",
             "--node-name", POLICY_NODE, "--diagnostics-period", str(diagnostics_period_s)]
-    return args + (["--ckpt", str(ckpt)] if ckpt is not None else [])
+    return args + (["--ckpt", str(ckpt), "--cache", str(cache)] if ckpt is not None else [])
 
 
 def status_line(diagnostics: dict[str, Any] | None, elapsed_s: float) -> str:
@@ -182,7 +183,8 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
-def check(target: str, policy: str, ckpt: str | None, contract: str | None, duration_s: float | None) -> Path:
+def check(target: str, policy: str, ckpt: str | None, contract: str | None, duration_s: float | None,
+          cache: str = "auto") -> Path:
     """The contract path of valid settings; a LaunchError names the first bad one."""
     if target not in TARGETS:
         raise LaunchError(f"target must be one of {list(TARGETS)}, got {target!r}")
@@ -191,6 +193,8 @@ def check(target: str, policy: str, ckpt: str | None, contract: str | None, dura
     if policy == "checkpoint" and not (ckpt and Path(ckpt).is_dir()):
         raise LaunchError(f"policy=checkpoint needs ckpt=FOLDER (a dream-policy train checkpoint); {ckpt!r} "
                           "is not a folder")
+    if policy == "checkpoint" and str(cache) not in ("auto", "none") and not Path(str(cache)).is_file():
+        raise LaunchError(f"cache={cache}: no such schedule file (auto, none or a cache schedule JSON)")
     if duration_s is not None and not (isinstance(duration_s, (int, float)) and 0 < duration_s < math.inf):
         raise LaunchError("duration_s must be a number of seconds > 0 (or null: until Ctrl-C), "
                           f"got {duration_s!r}")
@@ -207,7 +211,7 @@ class Launch:
 
     def __init__(self, contract: Path, policy: str, ckpt: Path | None, scene: str, seed: int, realtime: bool,
                  domain_id: int | None, sink: Callable[[str], None] = print,
-                 real_time_factor: float = 1.0) -> None:
+                 real_time_factor: float = 1.0, cache: str = "auto") -> None:
         from ros_nodes.transport.dds import DdsTransport
 
         env = node_env(domain_id)
@@ -221,7 +225,7 @@ class Launch:
         self.nodes = [NodeProcess("sim", "ros_nodes.sim_node",
                                   sim_args(contract, scene, seed, realtime, real_time_factor), env, sink),
                       NodeProcess("policy", "ros_nodes.policy_node",
-                                  policy_args(contract, policy, ckpt, scene), env, sink)]
+                                  policy_args(contract, policy, ckpt, scene, cache=cache), env, sink)]
         self._instruction = None
 
     def _on_diagnostics(self, msg: Any) -> None:
@@ -250,14 +254,16 @@ def up_command(config: Any) -> int:
     from dream_policy.cli import UsageError
 
     try:
-        contract = check(config.target, config.policy, config.ckpt, config.contract_file, config.duration_s)
+        contract = check(config.target, config.policy, config.ckpt, config.contract_file, config.duration_s,
+                         str(config.get("cache", "auto")))
     except LaunchError as error:
         raise UsageError(str(error)) from None
     stop = threading.Event()
     stop_on_signals(stop)
     ckpt = Path(config.ckpt) if config.policy == "checkpoint" else None
     launch = Launch(contract, config.policy, ckpt, config.scene, config.seed, config.realtime,
-                    config.domain_id, real_time_factor=float(config.get("real_time_factor", 1.0)))
+                    config.domain_id, real_time_factor=float(config.get("real_time_factor", 1.0)),
+                    cache=str(config.get("cache", "auto")))
     print(f"[up] sim node + policy node ({config.policy}) on ROS_DOMAIN_ID {os.environ['ROS_DOMAIN_ID']}, "
           f"{CLOCK_TOPIC} from the sim; Ctrl-C stops both", flush=True)
     if config.instruction:

@@ -517,13 +517,16 @@ def serve(node: PolicyNode, stop: threading.Event | None = None, start: bool = T
             node.shutdown()
 
 
-def policy_factory(name: str, ckpt: Path | None, scene: str) -> Callable[[], Policy]:
-    """What ``--policy`` builds at configure time; a missing checkpoint folder is named at once."""
+def policy_factory(name: str, ckpt: Path | None, scene: str, cache: str = "auto") -> Callable[[], Policy]:
+    """What ``--policy`` builds at configure time; a missing checkpoint folder or cache schedule is named
+    at once."""
     if name == "checkpoint":
         if ckpt is None or not ckpt.is_dir():
             raise ValueError(f"--policy checkpoint needs --ckpt FOLDER (a dream-policy train checkpoint), "
                              f"got {ckpt}")
-        return lambda: make_policy("checkpoint", ckpt=str(ckpt))
+        if cache not in ("auto", "none") and not Path(cache).is_file():
+            raise ValueError(f"--cache {cache}: no such schedule file (auto, none or a cache schedule JSON)")
+        return lambda: make_policy("checkpoint", ckpt=str(ckpt), cache=cache)
     return lambda: make_policy(name, scene=scene)
 
 
@@ -534,6 +537,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--policy", choices=("expert", "checkpoint"), default="checkpoint",
                         help="expert: the scripted expert (needs the sim-only scene_obs stream)")
     parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder for --policy checkpoint")
+    parser.add_argument("--cache", default="auto",
+                        help="DiT cache of --policy checkpoint: auto (the checkpoint's cache_schedule.json if "
+                             "any), none, or a schedule JSON")
     parser.add_argument("--scene", choices=SCENES, default="D", help="play-table scene the expert plans in")
     parser.add_argument("--transport", choices=TRANSPORT_KINDS, default="auto")
     parser.add_argument("--use-sim-time", action=argparse.BooleanOptionalAction, default=None,
@@ -552,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--policy expert plans from the sim-only {SCENE_OBS!r} stream, which {contract.source} "
                      "does not have")
     try:
-        factory = policy_factory(args.policy, args.ckpt, args.scene)
+        factory = policy_factory(args.policy, args.ckpt, args.scene, args.cache)
         config = PolicyNodeConfig(args.node_name, diagnostics_period_s=args.diagnostics_period,
                                   use_sim_time=use_sim_time)
     except ValueError as error:

@@ -93,3 +93,14 @@ def test_sim_node_refuses_a_non_positive_real_time_factor(capsys):
     with pytest.raises(SystemExit):
         main(["--real-time-factor", "0", "--transport", "dds"])
     assert "--real-time-factor must be > 0" in capsys.readouterr().err
+
+
+def test_up_passes_the_cache_to_the_policy_node_and_names_a_missing_schedule(tmp_path):
+    from ros_nodes.launcher import DEFAULT_CONTRACT, LaunchError, check, policy_args
+
+    args = policy_args(Path("c.yaml"), "checkpoint", Path("ckpt"), cache="none")
+    assert args[args.index("--ckpt") + 1] == "ckpt" and args[args.index("--cache") + 1] == "none"
+    assert "--cache" not in policy_args(Path("c.yaml"), "expert")
+    assert check("sim", "checkpoint", str(tmp_path), None, None, "auto") == DEFAULT_CONTRACT
+    with pytest.raises(LaunchError, match="cache=.*nothing.json: no such schedule file"):
+        check("sim", "checkpoint", str(tmp_path), None, None, str(tmp_path / "nothing.json"))

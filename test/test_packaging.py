@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "dream_policy"
 SHARE = f"share/{PACKAGE}"
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
-POLICY_ARGUMENTS = {"checkpoint", "contract", "node_name", "remappings", "use_sim_time", "autostart", "transport"}
+POLICY_ARGUMENTS = {"checkpoint", "cache", "contract", "node_name", "remappings", "use_sim_time", "autostart",
+                    "transport"}
 DECLARED = {
     "policy.launch.py": POLICY_ARGUMENTS,
     "sim.launch.py": POLICY_ARGUMENTS | {"policy", "scene"},
@@ -316,6 +317,7 @@ def test_policy_launch_starts_a_lifecycle_policy_node_with_autostart(fake_launch
     node = actions[0]
     args = check_policy_node(node, name="arm_policy", use_sim_time=False)
     assert option(args, "--policy") == "checkpoint" and option(args, "--ckpt") == "/ckpt/tiny_D"
+    assert option(args, "--cache") == "auto" == arguments["cache"].kwargs["default_value"]
     assert option(args, "--contract") == "/share/contract.yaml" and option(args, "--transport") == "auto"
     assert node.kwargs["remappings"] == [("/cam", "/camera/image_raw"), ("tcp", "/fr3/tcp_pose")]
     assert len(actions) == 3
@@ -364,10 +366,13 @@ def test_sim_launch_with_a_checkpoint(fake_launch):
     arguments, opaque = describe("sim.launch.py")
     with pytest.raises(RuntimeError, match="checkpoint:="):
         run_setup(opaque, arguments, policy="checkpoint")
-    actions = run_setup(opaque, arguments, policy="checkpoint", checkpoint="/ckpt", autostart="false")
+    actions = run_setup(opaque, arguments, policy="checkpoint", checkpoint="/ckpt", autostart="false",
+                        cache="/ckpt/bac_budget5.json")
     assert [type(a).__name__ for a in actions] == ["Node", "LifecycleNode"]
     args = actions[1].kwargs["arguments"]
     assert option(args, "--policy") == "checkpoint" and option(args, "--ckpt") == "/ckpt"
+    assert option(args, "--cache") == "/ckpt/bac_budget5.json"
+    assert "--cache" not in run_setup(opaque, arguments)[1].kwargs["arguments"]  # the expert has no cache
 
 
 class _Parsed(Exception):
@@ -398,12 +403,12 @@ def test_nodes_accept_the_arguments_the_launch_files_give(fake_launch, monkeypat
 
     arguments, opaque = describe("sim.launch.py")
     sim, node, *_ = run_setup(opaque, arguments, policy="checkpoint", checkpoint="/ckpt", scene="C",
-                              use_sim_time="false")
+                              use_sim_time="false", cache="none")
     sim_args = parse_with_node_parser(monkeypatch, ros_nodes.sim_node.main, sim.kwargs["arguments"])
     assert sim_args.scene == "C" and str(sim_args.contract) == "/share/contract.yaml"
     if not hasattr(ros_nodes.policy_node, "main"):
         pytest.skip("ros_nodes.policy_node.main is being written (another change); not there yet")
     policy_args = parse_with_node_parser(monkeypatch, ros_nodes.policy_node.main, node.kwargs["arguments"])
-    assert policy_args.policy == "checkpoint" and str(policy_args.ckpt) == "/ckpt"
+    assert policy_args.policy == "checkpoint" and str(policy_args.ckpt) == "/ckpt" and policy_args.cache == "none"
     assert policy_args.scene == "C" and policy_args.use_sim_time is False
     assert policy_args.node_name == "dream_policy" and policy_args.transport == "auto"

@@ -528,3 +528,19 @@ def test_names_qos_and_config_are_checked():
         PolicyNodeConfig(diagnostics_topic="diag nostics")
     with pytest.raises(ValueError, match="PolicyNodeConfig.diagnostics_period_s"):
         PolicyNodeConfig(diagnostics_period_s=0)
+
+
+def test_the_checkpoint_factory_passes_the_cache_and_names_a_missing_schedule(tmp_path, monkeypatch):
+    from ros_nodes import policy_node
+
+    made = []
+    monkeypatch.setattr(policy_node, "make_policy", lambda name, **kwargs: made.append((name, kwargs)))
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text("{}")
+    for cache in ("auto", "none", str(schedule)):
+        policy_node.policy_factory("checkpoint", tmp_path, "D", cache)()
+    assert made == [("checkpoint", {"ckpt": str(tmp_path), "cache": c}) for c in ("auto", "none", str(schedule))]
+    with pytest.raises(ValueError, match="--cache .*missing.json: no such schedule file"):
+        policy_node.policy_factory("checkpoint", tmp_path, "D", str(tmp_path / "missing.json"))
+    policy_node.policy_factory("expert", None, "B", "ignored")()
+    assert made[-1] == ("expert", {"scene": "B"})
