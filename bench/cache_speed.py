@@ -8,11 +8,15 @@ windows, or a stored one, ``--search-schedule``). The line before the last is ``
 current step's adaLN gate (``--reuse regate``, the default) or the cached increments as they were
 (``--reuse increment``); the ``|da| inc`` column gives the action error of the other kind, for comparison.
 
+The shipped setting is the checkpoint's own ``cache_schedule.json`` (what ``cache=auto`` runs) when it has
+one: ``--bac-schedule auto``, the default, benches that file as the bac row at its budget (``--budget``
+defaults to it; another ``--budget`` calibrates bac here); ``--bac-schedule none`` calibrates bac here at
+``--budget`` (default 3) like the other modes.
 A ``--bac-schedule`` that names a distilled head (``dream-policy distill-cache``) gets its bac rows' action
 error, ``step()`` and closed loop with that head (timed head calls use the checkpoint's DiT: same work).
 
 Usage: MUJOCO_GL=egl python bench/cache_speed.py [--ckpt checkpoints/tiny_D] [--data DIR]
-       [--budgets 2 3 4 5] [--budget 3] [--bubbling-blocks 3] [--search-budget 2.6] [--chains 100] [--workers 2]
+       [--bac-schedule auto|none|JSON] [--budgets 2 3 4 5] [--budget B] [--bubbling-blocks 3] [--search-budget 2.6] [--chains 100] [--workers 2]
 Without --data it records 2 short expert episodes to calibrate on.
 """
 
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dream_policy.bac import CacheSchedule
+from dream_policy.bac import SCHEDULE_FILE, CacheSchedule
 from dream_policy.calibrate_cache import (
     action_error,
     block_statistics,
@@ -138,6 +142,25 @@ def load_bac_schedule(path: Path, budget: int, reuse: str, depth: int, width: in
     return schedule
 
 
+def shipped_setting(ckpt: Path, bac_schedule: str, budget: int | None) -> tuple[Path | None, int]:
+    """(stored bac schedule to bench or None, the budget of the bac row): ``auto`` is the checkpoint's
+    ``cache_schedule.json`` if it has one at ``budget`` (any budget when None), ``none`` calibrates here;
+    the budget defaults to the stored schedule's, else 3."""
+    if bac_schedule == "none":
+        path = None
+    elif bac_schedule == "auto":
+        path = ckpt / SCHEDULE_FILE if (ckpt / SCHEDULE_FILE).is_file() else None
+        if path is not None and budget is not None and CacheSchedule.load(path).budget != budget:
+            path = None  # another budget was asked for: calibrate it here
+    else:
+        path = Path(bac_schedule)
+        if not path.is_file():
+            raise ValueError(f"--bac-schedule {bac_schedule}: no such file (auto, none or a schedule JSON)")
+    if budget is None:
+        budget = 3 if path is None else int(CacheSchedule.load(path).budget)
+    return path, budget
+
+
 def load_search_schedule(path: Path, reuse: str, depth: int, width: int, num_steps: int) -> CacheSchedule:
     """A stored search schedule (e.g. one searched on closed-loop states) to bench as the search row at its
     own budget; it must be a search schedule with the bench's ``reuse`` for this DiT."""
@@ -162,7 +185,8 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path, default=Path("checkpoints/tiny_D"))
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--budgets", type=int, nargs="+", default=[2, 3, 4, 5])
-    parser.add_argument("--budget", type=int, default=3, help="the shipped budget (closed loop, head_speedup)")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="the shipped budget (closed loop, head_speedup); default: the stored bac schedule's, else 3")
     parser.add_argument("--bubbling-blocks", type=int, default=3)
     parser.add_argument("--search-budget", type=float, default=2.6,
                         help="FLOPs budget of the search schedule, in updates per sub-block (0: skip it)")
@@ -175,9 +199,9 @@ def main() -> None:
     parser.add_argument("--closed-loop-modes", nargs="+", default=["none", "uniform", "bac"],
                         choices=["none", "uniform", "adaptive", "bac", "search"])
     parser.add_argument("--reuse", choices=["regate", "increment"], default="regate")
-    parser.add_argument("--bac-schedule", type=Path, default=None,
-                        help="bench this stored schedule (e.g. the shipped CKPT/cache_schedule.json) as bac at "
-                             "--budget instead of one calibrated here")
+    parser.add_argument("--bac-schedule", default="auto",
+                        help="bench this stored schedule as bac at --budget instead of one calibrated here; auto "
+                             "(default): CKPT/cache_schedule.json if there is one; none: calibrate here")
     parser.add_argument("--search-schedule", type=Path, default=None,
                         help="bench this stored search schedule (e.g. calibrate-cache states=rollouts mode=search) "
                              "as the search row at its own budget instead of searching here")
@@ -186,6 +210,12 @@ def main() -> None:
     args = parser.parse_args()
     if "search" in args.closed_loop_modes and not args.search_budget:
         parser.error("--closed-loop-modes search needs a --search-budget")
+    try:
+        args.bac_schedule, args.budget = shipped_setting(args.ckpt, args.bac_schedule, args.budget)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.budget not in args.budgets:
+        args.budgets = sorted([*args.budgets, args.budget])
     torch.set_num_threads(1)
     policy = DreamPolicy.from_checkpoint(args.ckpt, cache="none", ddim_steps=args.ddim_steps)
     model, cfg = policy.model, policy.model.config

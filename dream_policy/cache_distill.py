@@ -14,6 +14,9 @@ or a dict holding one as ``cond``), or else recorded from the uncached policy in
 play-table (``dream_policy.rollout_states``, chains ``rollout_first`` on) and saved beside the output for
 the next run. The error before and after, on held-out states (``held_out=FILE``, or the last
 ``held_out_fraction`` of them), goes into the schedule's ``info.distill``.
+
+A schedule that already names a distilled head continues from that head (more steps, more states); the
+target is still the checkpoint's uncached head.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from tqdm import tqdm
 
 from dream_policy.bac import CacheSchedule
 from dream_policy.dit import DiT
-from dream_policy.dit_cache import CachedBlocks
+from dream_policy.dit_cache import CachedBlocks, load_head
 
 EVAL_SEEDS = (10_000, 10_001)  # the sampling noise of the held-out error
 GRIPPER = 6  # the gripper's action dimension
@@ -74,14 +77,15 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 def distill_head(model: Any, schedule: CacheSchedule, cond: torch.Tensor, iters: int, batch_size: int,
                  lr: float, warmup: int = 50, clip: float = 1.0, seed: int = 1,
-                 show_progress: bool = True) -> tuple[DiT, list[float]]:
-    """(student, its loss per step): a copy of ``model.dit`` trained so that, sampling under ``schedule``,
-    it reproduces the uncached ``model.dit``'s chunks on conditions drawn from ``cond`` (N, A, D); the noise
-    of iteration ``i`` is seeded ``i``, the batches by ``seed``. ``model`` is left as it was."""
+                 show_progress: bool = True, start: DiT | None = None) -> tuple[DiT, list[float]]:
+    """(student, its loss per step): a copy of ``start`` (default ``model.dit``) trained so that, sampling
+    under ``schedule``, it reproduces the uncached ``model.dit``'s chunks on conditions drawn from ``cond``
+    (N, A, D); the noise of iteration ``i`` is seeded ``i``, the batches by ``seed``. ``model`` and
+    ``start`` are left as they were."""
     if iters < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"iters={iters} and batch_size={batch_size} must be >= 1 and lr={lr} > 0")
     teacher = model.dit  # sampled without a graph: only the student's weights get gradients
-    student = copy.deepcopy(teacher).eval()
+    student = copy.deepcopy(teacher if start is None else start).eval()
     for p in student.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
@@ -169,8 +173,12 @@ def distill_command(cfg: Mapping[str, Any]) -> None:
     reference = sampled_chunks(model, model.dit, None, held_out)
     before = head_error(model, model.dit, schedule, held_out, reference)
     print(f"checkpoint head under {schedule_path.name} on {len(held_out)} held-out states: {before}")
+    start = load_head(model, schedule)
+    if start is not None:
+        before_start = head_error(model, start, schedule, held_out, reference)
+        print(f"continuing from its distilled head {schedule.head_path()}: {before_start}")
     student, losses = distill_head(model, schedule, train, int(cfg["iters"]), int(cfg["batch_size"]), float(cfg["lr"]),
-                           int(cfg["warmup"]), float(cfg["clip"]), int(cfg["seed"]))
+                           int(cfg["warmup"]), float(cfg["clip"]), int(cfg["seed"]), start=start)
     after = head_error(model, student, schedule, held_out, reference)
     print(f"distilled head under {schedule_path.name}: {after}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -183,5 +191,8 @@ def distill_command(cfg: Mapping[str, Any]) -> None:
                                  "batch_size": int(cfg["batch_size"]), "lr": float(cfg["lr"]),
                                  "loss_first_last": [round(losses[0], 6), round(losses[-1], 6)],
                                  "error_before": before, "error_after": after}
+    if start is not None:
+        distilled.info["distill"]["continued_from"] = {"head": str(schedule.head), "error": before_start,
+                                                       "distill": schedule.info.get("distill")}
     distilled.save(out)
     print(f"distilled head -> {head_file}; schedule naming it -> {out} (cache={out} runs it)")

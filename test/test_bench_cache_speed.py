@@ -10,8 +10,9 @@ from dream_policy.bac import CacheSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "tiny_D" / "bac_budget2.json"  # the shipped BAC schedule (off by default)
-# budget 2 with a head distilled to run under it (session 23: within 0.1 of uncached at budget 2's speed)
-DISTILLED = ROOT / "checkpoints" / "tiny_D" / "bac_budget2_distilled.json"
+# budget 2 with a head distilled to run under it (session 23: within 0.1 of uncached at budget 2's speed),
+# the checkpoint's default since session 24 (cache=auto picks it up)
+DISTILLED = ROOT / "checkpoints" / "tiny_D" / "cache_schedule.json"
 # the shipped schedules: budget 2 (head 2.6x, costs avg_seq_len), budget 5 (keeps it, session 22), distilled
 SHIPPED_ALL = [SHIPPED, ROOT / "checkpoints" / "tiny_D" / "bac_budget5.json", DISTILLED]
 
@@ -72,17 +73,20 @@ def test_a_stored_search_schedule_loads_at_its_own_budget_and_other_modes_are_re
     assert bench.load_search_schedule(recorded, shipped.reuse, *_shape(shipped)).budget == 2.786
 
 
-def test_the_shipped_checkpoint_runs_uncached_by_default_and_its_schedule_fits_it():
-    """Session 21: the BAC schedule cost ~0.2 avg_seq_len in closed loop, so it ships beside the weights
-    (``cache=PATH`` turns it on) rather than as the ``cache_schedule.json`` that ``cache=auto`` picks up;
-    so does session 22's budget-5 schedule."""
+def test_the_shipped_checkpoint_runs_its_distilled_schedule_by_default_and_its_schedules_fit_it():
+    """Session 21: the training-free BAC schedule cost ~0.2 avg_seq_len in closed loop, so it ships beside
+    the weights (``cache=PATH`` turns it on), as does session 22's budget-5 schedule. Session 24: the
+    budget-2 schedule with its distilled head (within 0.1 of uncached over 1,050 paired rollouts) is the
+    ``cache_schedule.json`` that ``cache=auto`` picks up; ``cache=none`` runs the checkpoint's own head."""
     from test_runtime import FakeText
 
     from dream_policy.runtime import DreamPolicy
 
     ckpt = SHIPPED.parent
-    assert not (ckpt / "cache_schedule.json").exists()
-    assert DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText()).schedule is None
+    default = DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText()).schedule
+    assert default is not None and default.head == "bac_budget2_distilled_head.safetensors"
+    assert default.steps == CacheSchedule.load(SHIPPED).steps and default.budget == 2
+    assert DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText(), cache="none").schedule is None
     for path in SHIPPED_ALL:
         cached = DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText(), cache=str(path))
         assert cached.schedule is not None and cached.schedule.steps == CacheSchedule.load(path).steps
@@ -104,3 +108,15 @@ def test_the_distilled_schedule_runs_its_own_head_and_leaves_the_checkpoints():
     assert info["error_after"]["first_action"] < info["error_before"]["first_action"]
     policy.set_schedule(None)
     assert all(torch.equal(v, own[k]) for k, v in policy.model.dit.state_dict().items())
+
+
+def test_the_bench_runs_the_checkpoints_own_schedule_by_default(bench, tmp_path):
+    ckpt = SHIPPED.parent
+    assert bench.shipped_setting(ckpt, "auto", None) == (ckpt / "cache_schedule.json", 2)
+    assert bench.shipped_setting(ckpt, "auto", 2) == (ckpt / "cache_schedule.json", 2)
+    assert bench.shipped_setting(ckpt, "auto", 5) == (None, 5)  # another budget: calibrated in the bench
+    assert bench.shipped_setting(ckpt, "none", None) == (None, 3)
+    assert bench.shipped_setting(tmp_path, "auto", None) == (None, 3)  # a checkpoint without a schedule
+    assert bench.shipped_setting(ckpt, str(SHIPPED_ALL[1]), None) == (SHIPPED_ALL[1], 5)
+    with pytest.raises(ValueError, match="--bac-schedule .*missing.json: no such file"):
+        bench.shipped_setting(ckpt, str(tmp_path / "missing.json"), None)

@@ -140,6 +140,16 @@ def test_distill_command_writes_a_head_and_a_schedule_naming_it(tmp_path, checkp
     policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), cache=str(tmp_path / "u2_distilled.json"))
     assert policy.schedule.head == "u2_distilled_head.safetensors"
 
+    # a schedule naming a head continues from that head (not from the checkpoint's); the target stays the same
+    assert main(["distill-cache", f"ckpt={checkpoint}", f"schedule={tmp_path / 'u2_distilled.json'}",
+                 f"conditions={tmp_path / 'states.pt'}", "iters=2", "batch_size=8", "held_out_fraction=0.25",
+                 f"out={tmp_path / 'more.json'}"]) == 0
+    assert "continuing from its distilled head" in capsys.readouterr().out
+    more = json.loads((tmp_path / "more.json").read_text())["info"]["distill"]
+    assert more["continued_from"]["head"] == "u2_distilled_head.safetensors"
+    assert more["continued_from"]["error"] == info["error_after"]  # the same held-out states and noise
+    assert more["continued_from"]["distill"]["iters"] == 3 and more["error_before"] == info["error_before"]
+
 
 def test_distill_command_refuses_a_schedule_of_another_model(tmp_path, checkpoint):  # noqa: F811
     CacheSchedule("uniform", 20, 4, 128, {(0, "attn"): [0, 10]}, 2).save(tmp_path / "bad.json")
