@@ -6,7 +6,8 @@ default, franka_hw.yaml, is an example to adapt to the cell). It is a lifecycle 
 
 Arguments (``ros2 launch dream_policy policy.launch.py --show-args``):
   checkpoint    checkpoint directory (required)
-  cache         DiT cache: auto (the checkpoint's cache_schedule.json if any), none, or a schedule JSON; default auto
+  cache         DiT cache: auto (the checkpoint's cache_schedule.json if any), none, or a schedule
+                JSON; default auto
   contract      contract YAML; default: the installed configs/contract/franka_hw.yaml
   node_name     node name; default dream_policy
   remappings    topic remappings "from:=to,from2:=to2"; default none

@@ -36,8 +36,8 @@ def generate_launch_description():
         DeclareLaunchArgument('checkpoint', default_value='',
                               description='checkpoint directory (with policy:=checkpoint)'),
         DeclareLaunchArgument('cache', default_value='auto',
-                              description="the checkpoint's DiT cache: auto (its cache_schedule.json if any), "
-                                          'none, or a cache schedule JSON'),
+                              description="the checkpoint's DiT cache: auto (its cache_schedule.json "
+                                          'if any), none, or a cache schedule JSON'),
         DeclareLaunchArgument('scene', default_value='D', choices=list(SCENES),
                               description='CALVIN scene variant'),
         DeclareLaunchArgument('contract', default_value=contract,

@@ -518,8 +518,7 @@ def serve(node: PolicyNode, stop: threading.Event | None = None, start: bool = T
 
 
 def policy_factory(name: str, ckpt: Path | None, scene: str, cache: str = "auto") -> Callable[[], Policy]:
-    """What ``--policy`` builds at configure time; a missing checkpoint folder or cache schedule is named
-    at once."""
+    """What ``--policy`` builds at configure time; a missing checkpoint or cache schedule is named at once."""
     if name == "checkpoint":
         if ckpt is None or not ckpt.is_dir():
             raise ValueError(f"--policy checkpoint needs --ckpt FOLDER (a dream-policy train checkpoint), "
@@ -538,8 +537,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="expert: the scripted expert (needs the sim-only scene_obs stream)")
     parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint folder for --policy checkpoint")
     parser.add_argument("--cache", default="auto",
-                        help="DiT cache of --policy checkpoint: auto (the checkpoint's cache_schedule.json if "
-                             "any), none, or a schedule JSON")
+                        help="DiT cache of --policy checkpoint: auto (the checkpoint's "
+                             "cache_schedule.json if any), none, or a schedule JSON")
     parser.add_argument("--scene", choices=SCENES, default="D", help="play-table scene the expert plans in")
     parser.add_argument("--transport", choices=TRANSPORT_KINDS, default="auto")
     parser.add_argument("--use-sim-time", action=argparse.BooleanOptionalAction, default=None,
