@@ -138,6 +138,15 @@ class DreamPolicy:
         self._use_head(None if schedule is None else load_head(self.model, schedule))  # raises before any change
         self.schedule = schedule
 
+    def describe(self) -> dict[str, Any]:
+        """What this policy runs, as plain data for result files: the DiT cache it resolved to (schedule
+        file, mode, budget, distilled head) or ``none``."""
+        s = self.schedule
+        if s is None:
+            return {"cache": "none"}
+        return {"cache": str(s.origin) if s.origin is not None else "(in memory)", "cache_mode": s.mode,
+                "cache_budget": s.budget, "cache_head": None if s.head_path() is None else str(s.head_path())}
+
     def _use_head(self, head: torch.nn.Module | None) -> None:
         """Run with ``head``'s DiT weights (None: the checkpoint's, kept aside when first swapped out)."""
         dit = self.model.dit

@@ -29,6 +29,7 @@ from sim.symbolic_state import physical_state
 from sim.task_oracle import TaskOracle
 
 CHECKPOINT_POLICY = "checkpoint"
+POLICY_INFO = "policy_info"  # results.json config key: what the policy resolved its options to (its describe())
 NUM_CALVIN_CHAINS = 1000
 VIDEO_SIZE = 256
 VIDEO_FPS = 30
@@ -214,11 +215,14 @@ class ChainRunner:
         index, chain, record = job
         seed_chain(self.policy, self.setup.seed + index)
         result = run_chain(self.env, self.policy, chain, self.oracle, self.setup.ep_len, record, index)
+        rec = result.record()
+        if hasattr(self.policy, "describe"):  # what the policy resolved its options to (e.g. cache=auto)
+            rec[POLICY_INFO] = self.policy.describe()
         if not result.frames:
-            return result.record(), None
+            return rec, None
         path = Path(self.setup.video_dir or ".") / f"chain_{index:04d}.mp4"
         write_video(path, result.frames)
-        return result.record(), str(path)
+        return rec, str(path)
 
     def close(self) -> None:
         self.env.close()
@@ -293,6 +297,9 @@ def evaluate(chains_with_index: Sequence[tuple[int, Chain]], policy_name: str,
             bar.update()
     config = {"policy": policy_name, "policy_options": setup.policy_options, "scene": scene,
               "ep_len": ep_len, "seed": seed, "shard": shard}
+    infos = [r.pop(POLICY_INFO) for r in records if POLICY_INFO in r]
+    if infos:
+        config[POLICY_INFO] = infos[0]
     results = build_results(records, config, sorted(videos))
     write_results(results, out)
     return results
@@ -329,6 +336,9 @@ def format_results(results: Mapping[str, Any]) -> str:
     lines = [f"{results['num_chains']} chains, tasks completed in a row:"]
     lines += [f"  {i}: {sr:6.1%}" for i, sr in enumerate(results["chain_sr"], start=1)]
     lines.append(f"avg_seq_len: {results['avg_seq_len']:.3f}")
+    info = results.get("config", {}).get(POLICY_INFO)
+    if info:
+        lines.append("policy: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     lines.append("per task (successes / attempts):")
     width = max(map(len, results["per_task"]), default=0)
     lines += [f"  {task:<{width}}  {s:4d} / {n:<4d} {s / n:6.1%}" for task, (s, n) in results["per_task"].items()]

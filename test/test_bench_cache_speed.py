@@ -87,6 +87,10 @@ def test_the_shipped_checkpoint_runs_its_distilled_schedule_by_default_and_its_s
     assert default is not None and default.head == "bac_budget2_distilled_head.safetensors"
     assert default.steps == CacheSchedule.load(SHIPPED).steps and default.budget == 2
     assert DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText(), cache="none").schedule is None
+    described = DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText()).describe()  # what eval records
+    assert described["cache"] == str(ckpt / "cache_schedule.json") and described["cache_budget"] == 2
+    assert described["cache_head"] == str(ckpt / "bac_budget2_distilled_head.safetensors")
+    assert DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText(), cache="none").describe() == {"cache": "none"}
     for path in SHIPPED_ALL:
         cached = DreamPolicy.from_checkpoint(ckpt, text_encoder=FakeText(), cache=str(path))
         assert cached.schedule is not None and cached.schedule.steps == CacheSchedule.load(path).steps

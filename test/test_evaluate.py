@@ -189,3 +189,22 @@ def test_evaluate_end_to_end_in_two_workers(tmp_path, monkeypatch):
     assert (tmp_path / ev.PLOT_FILE).stat().st_size > 0
     video = tmp_path / ev.VIDEO_DIR / "chain_0002.mp4"
     assert saved["videos"] == [str(video)] and video.stat().st_size > 0
+
+
+class DescribedPolicy(IdlePolicy):
+    """An idle policy that says what it resolved its options to."""
+
+    def describe(self) -> dict:
+        return {"cache": "ckpt/cache_schedule.json", "cache_budget": 2}
+
+
+def test_what_the_policy_resolved_to_is_recorded_once_and_printed(tmp_path, monkeypatch):
+    monkeypatch.setitem(POLICIES, "described", f"{__name__}:DescribedPolicy")
+    results = ev.evaluate([(5, OTHER), (2, CHAIN)], "described", {}, scene="D", workers=1, ep_len=2, seed=0,
+                          out_dir=tmp_path, render=False)
+    info = {"cache": "ckpt/cache_schedule.json", "cache_budget": 2}
+    assert results["config"][ev.POLICY_INFO] == info
+    assert all(ev.POLICY_INFO not in c for c in results["chains"])  # not repeated per chain
+    assert json.loads((tmp_path / ev.RESULTS_FILE).read_text())["config"][ev.POLICY_INFO] == info
+    assert "policy: cache=ckpt/cache_schedule.json, cache_budget=2" in ev.format_results(results)
+    assert "policy:" not in ev.format_results({**results, "config": CONFIG})  # policies without describe()
