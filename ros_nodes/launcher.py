@@ -29,7 +29,13 @@ from typing import Any
 
 from ros_nodes.contract import ContractError, load_contract
 from ros_nodes.lifecycle import stop_on_signals
-from ros_nodes.policy_node import CLOCK_TOPIC, DEFAULT_CONTRACT, PolicyNodeConfig, resolve_name
+from ros_nodes.policy_node import (
+    CLOCK_TOPIC,
+    DEFAULT_CONTRACT,
+    PolicyNodeConfig,
+    missing_schedule,
+    resolve_name,
+)
 from ros_nodes.sim_node import transport_qos
 from ros_nodes.transport.base import ros_typestore
 
@@ -193,7 +199,7 @@ def check(target: str, policy: str, ckpt: str | None, contract: str | None, dura
     if policy == "checkpoint" and not (ckpt and Path(ckpt).is_dir()):
         raise LaunchError(f"policy=checkpoint needs ckpt=FOLDER (a dream-policy train checkpoint); {ckpt!r} "
                           "is not a folder")
-    if policy == "checkpoint" and str(cache) not in ("auto", "none") and not Path(str(cache)).is_file():
+    if policy == "checkpoint" and missing_schedule(cache):
         raise LaunchError(f"cache={cache}: no such schedule file (auto, none or a cache schedule JSON)")
     if duration_s is not None and not (isinstance(duration_s, (int, float)) and 0 < duration_s < math.inf):
         raise LaunchError("duration_s must be a number of seconds > 0 (or null: until Ctrl-C), "

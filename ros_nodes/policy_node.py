@@ -517,13 +517,18 @@ def serve(node: PolicyNode, stop: threading.Event | None = None, start: bool = T
             node.shutdown()
 
 
+def missing_schedule(cache: str) -> bool:
+    """Whether a ``cache`` choice (auto, none or a schedule JSON) names a file that is not there."""
+    return str(cache) not in ("auto", "none") and not Path(str(cache)).is_file()
+
+
 def policy_factory(name: str, ckpt: Path | None, scene: str, cache: str = "auto") -> Callable[[], Policy]:
     """What ``--policy`` builds at configure time; a missing checkpoint or cache schedule is named at once."""
     if name == "checkpoint":
         if ckpt is None or not ckpt.is_dir():
             raise ValueError(f"--policy checkpoint needs --ckpt FOLDER (a dream-policy train checkpoint), "
                              f"got {ckpt}")
-        if cache not in ("auto", "none") and not Path(cache).is_file():
+        if missing_schedule(cache):
             raise ValueError(f"--cache {cache}: no such schedule file (auto, none or a cache schedule JSON)")
         return lambda: make_policy("checkpoint", ckpt=str(ckpt), cache=cache)
     return lambda: make_policy(name, scene=scene)
