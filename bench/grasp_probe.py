@@ -8,7 +8,9 @@ seeds and 360-step budget), with every gripper closing recorded against the bloc
 For each closing (the gripper command going from open to close) it records the named block's position
 relative to the TCP and which block was nearest; per family it prints the success rate, how often the
 first closing was nearest the named block, and the median distance and mean offset (x, y, z) from the
-TCP to the named block at the first closing. The scripted expert closes within millimetres of the block
+TCP to the named block at the first closing, and how far the TCP follows the block across attempts
+(``first_close_tracking``: the slope of the TCP's x and y at the first closings on the block's; 1 follows
+it, 0 goes to one place wherever the block is). The scripted expert closes within millimetres of the block
 (a reference for what the task needs); a policy's offsets say whether it goes to the wrong block, or
 to the right one but not close enough, and in which direction.
 """
@@ -40,8 +42,9 @@ def named_block(task: str) -> str | None:
 def close_events(gripper: np.ndarray, tcp: np.ndarray, blocks: dict[str, np.ndarray], named: str
                  ) -> list[dict[str, Any]]:
     """Every step where the gripper command goes from open (> 0) to close (<= 0), the command before the
-    first step counting as open: the step, the named block's offset from the TCP (block - tcp, metres)
-    and the block nearest the TCP. ``gripper`` (T,), ``tcp`` (T, 3), ``blocks[name]`` (T, 3)."""
+    first step counting as open: the step, the named block's offset from the TCP (block - tcp, metres),
+    the block nearest the TCP, and the TCP's and the named block's positions (``tcp``, ``block``).
+    ``gripper`` (T,), ``tcp`` (T, 3), ``blocks[name]`` (T, 3)."""
     if named not in blocks:
         raise KeyError(f"named block {named!r} is not among the recorded blocks {sorted(blocks)}")
     previous = np.concatenate([[1.0], gripper[:-1]])
@@ -49,7 +52,8 @@ def close_events(gripper: np.ndarray, tcp: np.ndarray, blocks: dict[str, np.ndar
     for t in np.flatnonzero((gripper <= 0) & (previous > 0)):
         offsets = {name: pos[t] - tcp[t] for name, pos in blocks.items()}
         nearest = min(offsets, key=lambda name: float(np.linalg.norm(offsets[name])))
-        events.append({"step": int(t), "offset": offsets[named].round(4).tolist(), "nearest": nearest})
+        events.append({"step": int(t), "offset": offsets[named].round(4).tolist(), "nearest": nearest,
+                       "tcp": np.round(tcp[t], 4).tolist(), "block": np.round(blocks[named][t], 4).tolist()})
     return events
 
 
@@ -69,7 +73,22 @@ def summarise(attempts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "first_close_median_dist": float(np.median(np.linalg.norm(offsets, axis=1))) if firsts else float("nan"),
         "first_close_mean_offset": offsets.mean(axis=0).round(4).tolist() if firsts else [],
         "closes_per_attempt": float(np.mean([len(a["closes"]) for a in attempts])),
+        "first_close_tracking": tracking([c["tcp"] for c in firsts if "tcp" in c],
+                                         [c["block"] for c in firsts if "block" in c]),
     }
+
+
+def tracking(tcp: Sequence[Sequence[float]], block: Sequence[Sequence[float]]) -> list[float]:
+    """How far the TCP follows the named block across attempts, per horizontal axis: the least-squares slope
+    of the TCP's x (y) at the first closings on the block's x (y). 1: it goes wherever the block is; 0: it goes
+    to one place whatever the block's position (nan with fewer than 3 closings or blocks that never move)."""
+    tcp_xy, block_xy = np.asarray(tcp, float).reshape(-1, 3)[:, :2], np.asarray(block, float).reshape(-1, 3)[:, :2]
+    if len(tcp_xy) < 3:
+        return [float("nan"), float("nan")]
+    spread = block_xy - block_xy.mean(axis=0)
+    var = (spread ** 2).sum(axis=0)
+    cov = (spread * (tcp_xy - tcp_xy.mean(axis=0))).sum(axis=0)
+    return [round(float(c / v), 3) if v > 1e-12 else float("nan") for c, v in zip(cov, var)]
 
 
 _WORKER: dict[str, Any] = {}

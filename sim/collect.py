@@ -37,7 +37,7 @@ from sim.policy import Policy, make_policy
 from sim.scene_config import SCENES, SceneConfig
 from sim.scene_reading import feasible_tasks, symbolic_state
 from sim.snapshot import Snapshot
-from sim.state_sampler import default_robot_obs, sample_scene_obs
+from sim.state_sampler import calvin_start, default_robot_obs, sample_scene_obs
 
 MAX_TASK_STEPS = 360  # CALVIN's budget per subtask
 SETTLE_STEPS = 5  # unrecorded steps after reset so freshly placed blocks touch their surfaces
@@ -58,7 +58,8 @@ class Oracle(Protocol):
 
 
 LABEL_MODES = ("calvin", "attempt")  # how a successful attempt's frames get its instruction (label_span)
-COLLECT_POLICIES = ("expert", "checkpoint")  # who drives: the expert, or a learner it labels (sim/dagger.py)
+COLLECT_POLICIES = ("expert", "checkpoint")
+START_MODES = ("random", "calvin")  # an episode's first scene: sample_scene_obs, or calvin_start (the evaluation's kind)  # who drives: the expert, or a learner it labels (sim/dagger.py)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class CollectConfig:
     expert_share: float = 0.3  # policy=checkpoint: the share of stretches the expert drives
     segment: int = 20  # policy=checkpoint: steps per stretch
     task_steps: int = MAX_TASK_STEPS  # steps before an attempt is given up
+    starts: str = "random"  # random: blocks anywhere on their surfaces; calvin: CALVIN's reset states (fresh yaws)
 
     def __post_init__(self) -> None:
         if self.scene not in SCENES:
@@ -94,6 +96,8 @@ class CollectConfig:
             raise ValueError(f"collect: action_noise must be >= 0, got {self.action_noise!r}")
         if self.label not in LABEL_MODES:
             raise ValueError(f"collect: label must be one of {list(LABEL_MODES)}, got {self.label!r}")
+        if self.starts not in START_MODES:
+            raise ValueError(f"collect: starts must be one of {list(START_MODES)}, got {self.starts!r}")
         if self.policy not in COLLECT_POLICIES:
             raise ValueError(f"collect: policy must be one of {list(COLLECT_POLICIES)}, got {self.policy!r}")
         if self.policy == "checkpoint" and not self.ckpt:
@@ -118,6 +122,8 @@ class CollectConfig:
         if self.policy != "expert" or self.task_steps != MAX_TASK_STEPS:
             settings.update(policy=self.policy, ckpt=self.ckpt, expert_share=float(self.expert_share),
                             segment=self.segment, task_steps=self.task_steps)
+        if self.starts != "random":
+            settings["starts"] = self.starts
         return settings
 
     def policy_factory(self) -> PolicyFactory:
@@ -168,11 +174,15 @@ def choose_task(snapshot: Snapshot, cfg: SceneConfig, rng: np.random.Generator) 
 
 
 class Rollout:
-    """An episode in progress: steps the policy, records each frame, tracks the latest snapshot."""
+    """An episode in progress: steps the policy, records each frame, tracks the latest snapshot. It starts
+    with the arm at CALVIN's neutral pose in a scene drawn by ``starts``: ``random`` (``sample_scene_obs``:
+    articulations anywhere, blocks anywhere on their surfaces) or ``calvin`` (``calvin_start``)."""
 
-    def __init__(self, env: Any, policy: Policy, rng: np.random.Generator, sink: FrameSink) -> None:
+    def __init__(self, env: Any, policy: Policy, rng: np.random.Generator, sink: FrameSink,
+                 starts: str = "random") -> None:
         self.env, self.policy, self.sink = env, policy, sink
-        start = {"robot_obs": default_robot_obs(), "scene_obs": sample_scene_obs(rng, env.cfg)}
+        scene_obs = calvin_start(rng) if starts == "calvin" else sample_scene_obs(rng, env.cfg)
+        start = {"robot_obs": default_robot_obs(), "scene_obs": scene_obs}
         self.obs, info = env.reset(options=start)
         for _ in range(SETTLE_STEPS):
             self.obs, _, _, _, info = env.step(HOLD_ACTION)
@@ -210,10 +220,11 @@ def attempt_task(rollout: Rollout, oracle: Oracle, task: str, episode_len: int,
 
 
 def collect_episode(env: Any, policy: Policy, oracle: Oracle, rng: np.random.Generator, sink: FrameSink,
-                    episode_len: int, max_task_steps: int = MAX_TASK_STEPS) -> list[Attempt]:
-    """Play random feasible tasks until ``episode_len`` frames are recorded; every attempt made."""
+                    episode_len: int, max_task_steps: int = MAX_TASK_STEPS, starts: str = "random") -> list[Attempt]:
+    """Play random feasible tasks until ``episode_len`` frames are recorded, from a ``starts`` scene (see
+    ``Rollout``); every attempt made."""
     sentences = training_sentences()
-    rollout = Rollout(env, policy, rng, sink)
+    rollout = Rollout(env, policy, rng, sink, starts)
     relabelled = hasattr(policy, "label")
     attempts = []
     while rollout.frame < episode_len:
@@ -263,7 +274,8 @@ def record_episode(index: int, config: CollectConfig, env: Any, policy_factory: 
     rng = episode_rng(config.seed, index)
     policy = policy_factory(config.scene, int(rng.integers(2**31)), config.action_noise)
     writer = EpisodeWriter(partial)
-    writer.finish(collect_episode(env, policy, oracle, rng, writer, config.episode_len, config.task_steps))
+    writer.finish(collect_episode(env, policy, oracle, rng, writer, config.episode_len, config.task_steps,
+                                  config.starts))
     os.replace(partial, final)
     return final
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from sim import snapshot as S
+from sim.chains import symbolic_initial_states
 from sim.scene_config import SceneConfig
 from sim.scene_xml import DOOR_HALF_THICKNESS, DOOR_Y, DRAWER_RANGE, SHELF_HALF_WIDTH, SWITCH_RANGE
+from sim.symbolic_state import place_blocks
 
 NEUTRAL_ROBOT_OBS = np.array([
     0.02586889, -0.2313129, 0.5712808, 3.09045411, -0.02908596, 1.50013585, 0.07999963,
@@ -60,3 +62,11 @@ def sample_scene_obs(rng: np.random.Generator, cfg: SceneConfig, table_blocks: i
         placed.append(xy)
         scene[S.BLOCK_SLICES[block]] = [xy[0], xy[1], lo[2] + 1e-3, 0.0, 0.0, yaw]
     return scene
+
+
+def calvin_start(rng: np.random.Generator) -> np.ndarray:
+    """scene_obs (24,) of a start like the evaluation's: one of CALVIN's 192 symbolic initial states, drawn
+    uniformly, built as CALVIN's reset builds it (blocks in its two table slots or on the slider shelf, yaws
+    within pi/2 +- pi/8) but from ``rng``'s draws, so the yaws are fresh rather than the evaluation's own."""
+    states = symbolic_initial_states()
+    return place_blocks(states[int(rng.integers(len(states)))], rng)

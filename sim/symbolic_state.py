@@ -86,7 +86,14 @@ def physical_state(initial_state: Mapping[str, object]) -> tuple[np.ndarray, np.
     seed = fnv1_32(str(state.values()).encode("utf-8"))
     # RandomState(seed) replays what CALVIN draws from the global RNG after np.random.seed(seed);
     # the draws (shuffle, then red, blue, pink yaw) must stay in this order.
-    rng = np.random.RandomState(seed)
+    return ROBOT_OBS.copy(), place_blocks(state, np.random.RandomState(seed))
+
+
+def place_blocks(state: Mapping[str, object], rng: np.random.RandomState | np.random.Generator) -> np.ndarray:
+    """scene_obs (24,) of a symbolic state as CALVIN's reset builds it, its draws (the table slots'
+    order, then the red, blue and pink yaws) taken from ``rng``: CALVIN's own seeded generator in
+    ``physical_state``, any generator for fresh starts of the same kind (``calvin_start``)."""
+    state = canonical_state(state)
     table = list(TABLE_SLOTS)
     rng.shuffle(table)
     scene_obs = np.zeros(24)
@@ -102,4 +109,4 @@ def physical_state(initial_state: Mapping[str, object]) -> tuple[np.ndarray, np.
     scene_obs[17] = rng.uniform(*YAW_RANGE)
     scene_obs[18:21] = _block_xyz(state["pink_block"], table[1])
     scene_obs[23] = rng.uniform(*YAW_RANGE)
-    return ROBOT_OBS.copy(), scene_obs
+    return scene_obs

@@ -22,6 +22,8 @@ from sim.collect import (
     split_episodes,
 )
 from sim.scene_reading import feasible_tasks, symbolic_state
+from sim.state_sampler import default_robot_obs
+from sim.symbolic_state import SLOTS, TABLE_SLOTS, YAW_RANGE
 
 EPISODE_LEN = 7
 CREATED: list[int] = []
@@ -196,6 +198,27 @@ def test_resume_refuses_other_settings(tmp_path):
         collect(config(tmp_path, num_episodes=1, episode_len=5), wiggle_policy, EveryThirdStep(), fake_embed)
 
 
+def test_calvin_starts_put_the_blocks_where_calvins_reset_does(env):
+    frames: dict[int, dict] = {}
+    collect_episode(env, WigglePolicy(), EveryThirdStep(), np.random.default_rng(3), frames.__setitem__,
+                    episode_len=2, max_task_steps=5, starts="calvin")
+    scene = frames[0]["scene_obs"]
+    slots = [*TABLE_SLOTS, *SLOTS.values()]
+    for block in range(3):  # red, blue, pink: in a table slot or on the slider shelf, at CALVIN's yaws
+        xyz = scene[6 + 6 * block:9 + 6 * block]
+        assert min(np.linalg.norm(xyz[:2] - slot[:2]) for slot in slots) < 0.01
+        assert YAW_RANGE[0] - 0.02 < scene[11 + 6 * block] < YAW_RANGE[1] + 0.02
+    assert np.allclose(frames[0]["robot_obs"][:3], default_robot_obs()[:3], atol=0.01)
+
+
+def test_the_start_kind_is_an_episode_setting(tmp_path):
+    assert "starts" not in config(tmp_path).episode_settings()
+    assert config(tmp_path, starts="calvin").episode_settings()["starts"] == "calvin"
+    collect(config(tmp_path, num_episodes=1), wiggle_policy, EveryThirdStep(), fake_embed)
+    with pytest.raises(ValueError, match="starts"):
+        collect(config(tmp_path, num_episodes=1, starts="calvin"), wiggle_policy, EveryThirdStep(), fake_embed)
+
+
 def test_single_episode_gives_an_empty_validation_split(tmp_path):
     folders = collect(config(tmp_path, num_episodes=1), wiggle_policy, EveryThirdStep(), fake_embed)
     val = CalvinDataset(folders["validation"])
@@ -220,6 +243,7 @@ def test_split_sizes(n, fraction, n_val):
     ({"action_noise": -0.1}, "action_noise"),
     ({"validation_fraction": 1.0}, "validation_fraction"),
     ({"speed": 3}, "unknown config keys"),
+    ({"starts": "anywhere"}, "starts must be one of"),
 ])
 def test_bad_config_is_rejected(tmp_path, overrides, message):
     cfg = {**CollectConfig().__dict__, "out": str(tmp_path), **overrides}

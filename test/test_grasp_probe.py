@@ -32,6 +32,7 @@ def test_close_events_mark_each_open_to_close_switch():
     assert events[0]["offset"] == [0.4, 0.0, 0.0] and events[0]["nearest"] == "block_blue"
     assert events[1]["offset"] == pytest.approx([0.0, 0.0, 0.0]) and events[1]["nearest"] == "block_red"
     assert events[2]["offset"] == pytest.approx([-0.3, 0.0, 0.0])
+    assert events[1]["tcp"] == pytest.approx([0.4, 0.0, 0.0]) and events[1]["block"] == [0.4, 0.0, 0.0]
     with pytest.raises(KeyError, match="block_pink"):
         probe.close_events(gripper, tcp, blocks, "block_pink")
 
@@ -65,3 +66,15 @@ def test_the_expert_closes_on_the_named_block(tmp_path, monkeypatch, capsys):
     assert result["summary"]["first_close_median_dist"] < 0.01
     assert all(a["task"].startswith("lift_") for a in result["attempts"])
     assert png.stat().st_size > 0 and "first_close_on_named" in capsys.readouterr().out
+
+
+def test_tracking_is_the_slope_of_the_tcp_on_the_block():
+    block = [[0.1, 0.0, 0.5], [0.2, 0.1, 0.5], [0.3, -0.1, 0.5], [0.0, 0.05, 0.5]]
+    follows = [[x + 0.03, y - 0.07, z] for x, y, z in block]  # a constant offset: slope 1
+    fixed = [[0.2, 0.0, 0.5]] * 4  # one place whatever the block: slope 0
+    half = [[0.5 * x, 0.5 * y, z] for x, y, z in block]
+    assert probe.tracking(follows, block) == pytest.approx([1.0, 1.0])
+    assert probe.tracking(fixed, block) == pytest.approx([0.0, 0.0])
+    assert probe.tracking(half, block) == pytest.approx([0.5, 0.5])
+    assert np.isnan(probe.tracking(follows[:2], block[:2])).all()
+    assert np.isnan(probe.tracking(follows, [[0.1, 0.0, 0.5]] * 4)).all()

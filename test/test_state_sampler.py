@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 
 from sim import snapshot as S
+from sim.chains import symbolic_initial_states
 from sim.physics import PlayTablePhysics
 from sim.scene_config import SCENES, SceneConfig
 from sim.scene_xml import DRAWER_RANGE, SWITCH_RANGE
-from sim.state_sampler import MIN_BLOCK_GAP, NEUTRAL_ROBOT_OBS, default_robot_obs, sample_scene_obs
+from sim.state_sampler import (
+    MIN_BLOCK_GAP,
+    NEUTRAL_ROBOT_OBS,
+    calvin_start,
+    default_robot_obs,
+    sample_scene_obs,
+)
+from sim.symbolic_state import SLOTS, TABLE_SLOTS, YAW_RANGE, physical_state
 
 STILL_STEPS = 10
 
@@ -121,3 +129,21 @@ def test_sampled_blocks_start_clear_of_fixtures_and_stay_in_place(physics):
         worst_drift = max(worst_drift, _block_drift_after_still_steps(physics, scene))
     assert worst_depth < 0.002, f"a sampled block starts {worst_depth * 1000:.0f} mm inside a fixture"
     assert worst_drift < 0.01
+
+
+def test_calvin_starts_are_calvins_reset_states_with_fresh_yaws():
+    rng = np.random.default_rng(0)
+    starts = [calvin_start(rng) for _ in range(200)]
+    articulations = {tuple(physical_state(state)[1][:6]) for state in symbolic_initial_states()}
+    slots = np.array([*TABLE_SLOTS, *SLOTS.values()])
+    for scene in starts:
+        assert tuple(scene[:6]) in articulations
+        places = [int(np.argmin(np.linalg.norm(slots - scene[i:i + 3], axis=1))) for i in (6, 12, 18)]
+        assert all(np.allclose(slots[p], scene[i:i + 3]) for p, i in zip(places, (6, 12, 18)))
+        assert len(set(places)) == 3  # one block a slot
+        assert all(YAW_RANGE[0] <= scene[i] <= YAW_RANGE[1] for i in (11, 17, 23))
+    assert len({tuple(s[:6]) for s in starts}) == len(articulations)  # every articulation state comes up
+    table_slots = {tuple(s[i:i + 3]) for s in starts for i in (6, 12, 18) if s[i + 2] < 0.4605}
+    assert len(table_slots) == 2  # both of CALVIN's table slots
+    assert len({round(float(s[11]), 6) for s in starts}) == 200  # yaws are drawn afresh, not the evaluation's
+    np.testing.assert_array_equal(calvin_start(np.random.default_rng(5)), calvin_start(np.random.default_rng(5)))
