@@ -23,6 +23,7 @@ from sim.annotations import eval_instruction
 from sim.calvin_pybullet import BACKEND_PREFIX, calvin_backend
 from sim.chains import CHAIN_LENGTH, Chain
 from sim.env import PlayTableEnv
+from sim.eval_progress import PROGRESS_FILE, append_record, open_progress, read_progress
 from sim.policy import POLICIES, Policy, make_policy
 from sim.snapshot import Snapshot
 from sim.symbolic_state import physical_state
@@ -272,8 +273,11 @@ def _in_pool(setup: RunSetup, jobs: Sequence[tuple[int, Chain, bool]], workers: 
 def evaluate(chains_with_index: Sequence[tuple[int, Chain]], policy_name: str,
              policy_options: Mapping[str, Any] | None = None, scene: str = "D", workers: int = 1,
              ep_len: int = 360, seed: int = 0, num_videos: int = 0, out_dir: str | Path = "runs/eval",
-             render: bool = True, shard: str | None = None) -> dict[str, Any]:
-    """Run the chains (in ``workers`` processes when > 1) and write results.json, the plot and videos."""
+             render: bool = True, shard: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run the chains (in ``workers`` processes when > 1) and write results.json, the plot and videos.
+
+    Every finished chain is appended to ``out_dir/chains.jsonl`` at once (``sim.eval_progress``); with
+    ``resume`` the chains that log already holds (from a run with the same settings) are not run again."""
     from tqdm import tqdm
 
     if not chains_with_index:
@@ -284,19 +288,27 @@ def evaluate(chains_with_index: Sequence[tuple[int, Chain]], policy_name: str,
         num_videos = 0
     setup = RunSetup(policy_name, dict(policy_options or {}), scene, render, ep_len, seed,
                      str(out / VIDEO_DIR) if num_videos > 0 else None)
-    recorded = {i for i, _ in sorted(chains_with_index, key=lambda ic: ic[0])[:num_videos]}
-    jobs = [(i, chain, i in recorded) for i, chain in chains_with_index]
-    workers = min(max(workers, 1), len(jobs))
-    outcomes = _in_pool(setup, jobs, workers) if workers > 1 else _in_process(setup, jobs)
-    records, videos = [], []
-    with tqdm(total=len(jobs), desc="chains", unit="chain") as bar:
-        for record, video in outcomes:
-            records.append(record)
-            videos += [video] if video else []
-            bar.set_postfix(avg_seq_len=f"{np.mean([r['num_successes'] for r in records]):.2f}")
-            bar.update()
     config = {"policy": policy_name, "policy_options": setup.policy_options, "scene": scene,
               "ep_len": ep_len, "seed": seed, "shard": shard}
+    progress = out / PROGRESS_FILE
+    finished = read_progress(progress, config, [(i, c.tasks) for i, c in chains_with_index]) if resume else {}
+    if finished:
+        print(f"resume: {len(finished)} of {len(chains_with_index)} chains already in {progress}", file=sys.stderr)
+    recorded = {i for i, _ in sorted(chains_with_index, key=lambda ic: ic[0])[:num_videos]}
+    jobs = [(i, chain, i in recorded) for i, chain in chains_with_index if i not in finished]
+    records = [dict(record) for record, _ in finished.values()]
+    videos = [video for _, video in finished.values() if video]
+    with open_progress(progress, config, resume) as log, \
+            tqdm(total=len(chains_with_index), initial=len(finished), desc="chains", unit="chain") as bar:
+        if jobs:
+            workers = min(max(workers, 1), len(jobs))
+            outcomes = _in_pool(setup, jobs, workers) if workers > 1 else _in_process(setup, jobs)
+            for record, video in outcomes:
+                append_record(log, record, video)
+                records.append(record)
+                videos += [video] if video else []
+                bar.set_postfix(avg_seq_len=f"{np.mean([r['num_successes'] for r in records]):.2f}")
+                bar.update()
     infos = [r.pop(POLICY_INFO) for r in records if POLICY_INFO in r]
     if infos:
         config[POLICY_INFO] = infos[0]
@@ -414,7 +426,7 @@ def eval_command(cfg: Mapping[str, Any]) -> None:
                                int(cfg.get("first") or 0))
         results = evaluate(chains, cfg["policy"], policy_options(cfg), str(cfg["scene"]), int(cfg["workers"]),
                            int(cfg["ep_len"]), int(cfg["seed"]), int(cfg["num_videos"]), out,
-                           bool(cfg["render"]), cfg.get("shard"))
+                           bool(cfg["render"]), cfg.get("shard"), bool(cfg.get("resume", False)))
     print(format_results(results))
     print(f"results: {out / RESULTS_FILE}\nplot:    {out / PLOT_FILE}")
     for video in results["videos"]:

@@ -208,3 +208,35 @@ def test_what_the_policy_resolved_to_is_recorded_once_and_printed(tmp_path, monk
     assert json.loads((tmp_path / ev.RESULTS_FILE).read_text())["config"][ev.POLICY_INFO] == info
     assert "policy: cache=ckpt/cache_schedule.json, cache_budget=2" in ev.format_results(results)
     assert "policy:" not in ev.format_results({**results, "config": CONFIG})  # policies without describe()
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    monkeypatch.setitem(POLICIES, "idle", f"{__name__}:IdlePolicy")
+    chains = [(5, OTHER), (2, CHAIN)]
+    full = ev.evaluate(chains, "idle", {}, scene="D", workers=1, ep_len=2, seed=0, out_dir=tmp_path / "full",
+                       render=False)
+    log = tmp_path / "full" / ev.PROGRESS_FILE
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["settings"] == full["config"]
+    # as if killed after the first chain: the log keeps the settings and one record
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / ev.PROGRESS_FILE).write_text("\n".join(lines[:2]) + "\n")
+    ran = []
+
+    def replay(setup, jobs):  # the full run's records for the chains asked for, noting which were run
+        ran.extend(index for index, _, _ in jobs)
+        return iter([(r, None) for r in full["chains"] if r["index"] in ran])
+
+    monkeypatch.setattr(ev, "_in_process", replay)
+    resumed = ev.evaluate(chains, "idle", {}, scene="D", workers=1, ep_len=2, seed=0, out_dir=part,
+                          render=False, resume=True)
+    assert ran == [i for i, _ in chains if i != json.loads(lines[1])["record"]["index"]]  # only the missing one
+    assert resumed["chains"] == full["chains"] and resumed["avg_seq_len"] == full["avg_seq_len"]
+    ran.clear()
+    again = ev.evaluate(chains, "idle", {}, scene="D", workers=1, ep_len=2, seed=0, out_dir=part,
+                        render=False, resume=True)
+    assert ran == [] and again["chains"] == full["chains"]  # everything was there: nothing runs
+    with pytest.raises(ValueError, match="ep_len"):
+        ev.evaluate(chains, "idle", {}, scene="D", workers=1, ep_len=3, seed=0, out_dir=part, render=False,
+                    resume=True)
