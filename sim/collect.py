@@ -58,8 +58,8 @@ class Oracle(Protocol):
 
 
 LABEL_MODES = ("calvin", "attempt")  # how a successful attempt's frames get its instruction (label_span)
-COLLECT_POLICIES = ("expert", "checkpoint")
-START_MODES = ("random", "calvin")  # an episode's first scene: sample_scene_obs, or calvin_start (the evaluation's kind)  # who drives: the expert, or a learner it labels (sim/dagger.py)
+COLLECT_POLICIES = ("expert", "checkpoint")  # who drives: the expert, or a learner it labels (sim/dagger.py)
+START_MODES = ("random", "calvin")  # an episode's first scene: sample_scene_obs, or calvin_start (the evaluation's kind)
 
 
 @dataclass(frozen=True)
