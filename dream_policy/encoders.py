@@ -417,6 +417,51 @@ class SpatialKeypoints(nn.Module):
         return self.proj(points.flatten(1)).view(x.shape[0], self.num_tokens, self.width)
 
 
+class LanguageQuery(nn.Module):
+    """The instruction looks for what it names in one view's patch tokens: ``heads`` queries made from the
+    sentence embedding (B, L) attend over the patches (B, T, N, C) of every frame; each head's read-out and
+    the expected (x, y) of its attention on the square patch grid become one token offset (B, T, width).
+    A path from "the red block" to where red is in the image that the Perceiver resampler, which never sees
+    the sentence, cannot give. The last layer starts at zero."""
+
+    def __init__(self, lang_dim: int, patch_width: int, width: int, heads: int) -> None:
+        super().__init__()
+        if heads < 1 or patch_width % heads:
+            raise ValueError(f"LanguageQuery: heads={heads} must be >= 1 and divide the patch width {patch_width}")
+        self.heads = heads
+        self.q = nn.Linear(lang_dim, patch_width)
+        self.ln = nn.LayerNorm(patch_width)
+        self.kv = nn.Linear(patch_width, 2 * patch_width)
+        self.out = nn.Sequential(nn.Linear(patch_width + 2 * heads, width), nn.GELU(), nn.Linear(width, width))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def logits(self, lang: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention logits (B, T, heads, N) of the sentence's queries over the patches, and the values
+        (B, T, N, heads, C/heads)."""
+        B, T, N, C = patches.shape
+        hs = C // self.heads
+        q = self.q(lang).view(B, 1, self.heads, 1, hs)  # (B, 1, H, 1, hs)
+        k, v = self.kv(self.ln(patches)).split(C, dim=-1)  # (B, T, N, C) each
+        k = k.view(B, T, N, self.heads, hs).permute(0, 1, 3, 4, 2)  # (B, T, H, hs, N)
+        return (q @ k).squeeze(3) / hs ** 0.5, v.view(B, T, N, self.heads, hs)
+
+    def attention(self, lang: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention weights (B, T, heads, N) over the patches, and the values (B, T, N, heads, C/heads)."""
+        logits, v = self.logits(lang, patches)
+        return logits.softmax(dim=-1), v
+
+    def forward(self, lang: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        B, T, N, C = patches.shape
+        grid = round(N ** 0.5)
+        if grid * grid != N:
+            raise ValueError(f"LanguageQuery needs a square patch grid, got {N} patches")
+        logits, v = self.logits(lang, patches)
+        read = torch.einsum("bthn,btnhs->bths", logits.softmax(dim=-1), v).reshape(B, T, C)  # (B, T, C)
+        where = soft_argmax_2d(logits.reshape(B * T, self.heads, grid, grid))  # (B*T, H, 2): patches row-major
+        return self.out(torch.cat([read, where.reshape(B, T, 2 * self.heads)], dim=-1))  # (B, T, width)
+
+
 class ViewEncoder(nn.Module):
     """uint8 images (B, 3, H, W) -> CLS (B, C) and resampled latents (B, num_latents, C)."""
 
@@ -433,12 +478,17 @@ class ViewEncoder(nn.Module):
         self.keypoints = (SpatialKeypoints(config.keypoints, config.num_latents, config.width)
                           if config.keypoints else None)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """CLS (B, C), resampled latents (B, num_latents, C) and the patch tokens (B, N, C)."""
         x = self.preprocess(images)  # (B, 3, S, S)
         cls, patches = self.encoder(x)  # (B, C), (B, N, C)
         latents = self.resampler(patches)  # (B, num_latents, C)
         if self.keypoints is not None:
             latents = latents + self.keypoints(x)
+        return cls, latents, patches
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cls, latents, _ = self.encode(images)
         return cls, latents
 
 
@@ -457,6 +507,13 @@ class VisionEncoder(nn.Module):
         if missing:
             raise KeyError(f"missing image view(s) {missing}; got {sorted(images)}")
         return {v: self.encoders["shared" if self.shared else v](images[v]) for v in self.views}
+
+    def encode(self, images: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Like ``forward``, with each view's patch tokens too: {view: (CLS, latents, patches)}."""
+        missing = [v for v in self.views if v not in images]
+        if missing:
+            raise KeyError(f"missing image view(s) {missing}; got {sorted(images)}")
+        return {v: self.encoders["shared" if self.shared else v].encode(images[v]) for v in self.views}
 
 
 # ---- proprioception ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from .attention_mask import TokenLayout
 from .backbone import Backbone, BackboneConfig, check_positive_ints
 from .diffusion import DiffusionSchedule
 from .dit import DiT, DiTConfig
-from .encoders import TEXT_ENCODERS, ProprioEncoder, VisionConfig, VisionEncoder
+from .encoders import TEXT_ENCODERS, LanguageQuery, ProprioEncoder, VisionConfig, VisionEncoder
 from .world_heads import WORLD_KINDS, WorldHeadConfig, WorldHeads
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "model"
@@ -70,6 +70,10 @@ class DreamVLAConfig:
     # small head predicts where the block the instruction names is relative to the gripper (MSE, units of
     # data.named_block.SCALE), so the features that condition the action head must find that block
     block_weight: float = 0.0
+    # instruction-query grounding (training only; needs lang_query and packed data with scene_obs and world
+    # targets): the first head of the static view's instruction query is trained to attend to the patches that
+    # show the block the task names (cross-entropy to the block's pixel share per patch, current frame)
+    ground_weight: float = 0.0
     cfg_dropout: float = 0.1  # probability of the null condition in training
     train_steps: int = 100  # DDPM steps
     ddim_steps: int = 10
@@ -88,6 +92,10 @@ class DreamVLAConfig:
     # FiLM: the instruction scales and shifts every image token's channels (x * (1 + g(l)) + b(l), zero at
     # the start), a multiplicative path from "which block" in the sentence to where it is in the image
     lang_film: bool = False
+    # instruction query (0: off): per view, this many attention heads whose queries come from the sentence
+    # look over the frame's patch tokens (before the resampler compresses them); what they read and where
+    # they look (expected x, y) is added to the view's CLS token: which block the sentence names, where it is
+    lang_query: int = 0
 
     def __post_init__(self) -> None:
         self.views = tuple(self.views)
@@ -104,10 +112,17 @@ class DreamVLAConfig:
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"DreamVLAConfig.text_encoder {self.text_encoder!r} is not one of "
                              f"{sorted(TEXT_ENCODERS)}")
-        for kind in ("action", *WORLD_KINDS, "colour", "block"):
+        for kind in ("action", *WORLD_KINDS, "colour", "block", "ground"):
             weight = getattr(self, f"{kind}_weight")
             if not isinstance(weight, (int, float)) or weight < 0:
                 raise ValueError(f"DreamVLAConfig.{kind}_weight must be a number >= 0, got {weight!r}")
+        if isinstance(self.lang_query, bool) or not isinstance(self.lang_query, int) or self.lang_query < 0 or (
+                self.lang_query and self.vision.width % self.lang_query):
+            raise ValueError(f"DreamVLAConfig.lang_query must be an integer >= 0 (0: off) dividing vision.width="
+                             f"{self.vision.width}, got {self.lang_query!r}")
+        if self.ground_weight > 0 and not self.lang_query:
+            raise ValueError(f"DreamVLAConfig.ground_weight={self.ground_weight} trains the instruction query: "
+                             "set lang_query > 0")
         if not isinstance(self.colour_margin, (int, float)) or self.colour_margin < 0:
             raise ValueError(f"DreamVLAConfig.colour_margin must be a number >= 0, got {self.colour_margin!r}")
         if not 0.0 <= self.cfg_dropout < 1.0:
@@ -218,6 +233,10 @@ class DreamVLA(nn.Module):
             self.film = nn.Linear(config.lang_dim, 2 * width)
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
+        self.lang_query = None
+        if config.lang_query:
+            self.lang_query = nn.ModuleDict({view: LanguageQuery(config.lang_dim, config.vision.width, width,
+                                                                 config.lang_query) for view in config.views})
         self.proprio = ProprioEncoder(width, config.proprio_dim)
         dream_tokens = config.dream_per_view * len(config.views)
         self.dream_queries = nn.Parameter(torch.randn(len(WORLD_KINDS), dream_tokens, width) * 0.02)
@@ -271,9 +290,11 @@ class DreamVLA(nn.Module):
         B, T, D = state.shape
         groups = {"state": state[:, :, None]}
         images = {v: obs[f"rgb_{v}"].flatten(0, 1) for v in self.config.views}  # (B*T, 3, H, W)
-        for view, (cls, latents) in self.vision(images).items():
+        for view, (cls, latents, patches) in self.vision.encode(images).items():
             groups[f"image_{view}"] = self.image_proj(latents).view(B, T, -1, D)  # (B, T, N, D)
             groups[f"cls_{view}"] = self.image_proj(cls).view(B, T, 1, D)
+            if self.lang_query is not None:  # kept per frame for the instruction query (``tokens``)
+                groups[f"patches_{view}"] = patches.view(B, T, *patches.shape[1:])  # (B, T, P, C)
         return groups
 
     def tokens(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -287,6 +308,10 @@ class DreamVLA(nn.Module):
             for view in self.config.views:
                 for name in (f"image_{view}", f"cls_{view}"):
                     groups[name] = groups[name] * (1 + scale) + shift
+        if self.lang_query is not None:
+            for view in self.config.views:
+                found = self.lang_query[view](batch["lang_emb"], groups[f"patches_{view}"])  # (B, T, D)
+                groups[f"cls_{view}"] = groups[f"cls_{view}"] + found[:, :, None]
         for kind, queries in zip(WORLD_KINDS, self.dream_queries):
             groups[kind] = queries.expand(B, T, -1, -1)  # (B, T, Q, D)
         groups["action"] = self.action_queries.expand(B, T, -1, -1)  # (B, T, A, D)
@@ -315,8 +340,11 @@ class DreamVLA(nn.Module):
             terms.update(self._colour_contrast(batch, frames, drop, noisy, t, pred, noise))
         if self.block_head is not None:
             terms.update(self._block_target(batch, feats["action"]))
+        if cfg.ground_weight > 0:
+            terms.update(self._grounding(batch, frames))
         loss = sum(getattr(cfg, f"{name}_weight") * value for name, value in terms.items())
-        extra = (*(("colour",) if cfg.colour_weight > 0 else ()), *(("block",) if self.block_head is not None else ()))
+        extra = (*(("colour",) if cfg.colour_weight > 0 else ()), *(("block",) if self.block_head is not None else ()),
+                 *(("ground",) if cfg.ground_weight > 0 else ()))
         info = {name: float(terms[name].detach()) if name in terms else 0.0
                 for name in ("action", *WORLD_KINDS, *extra)}
         info.update(loss=float(loss.detach()), world_terms=float(sum(kind in terms for kind in WORLD_KINDS)))
@@ -334,6 +362,26 @@ class DreamVLA(nn.Module):
         rows = batch["has_block"].to(action_feats.device).to(action_feats.dtype)  # (B,)
         err = (self.block_head(action_feats.mean(dim=1)) - target).pow(2).mean(dim=1)  # (B,)
         return {"block": (err * rows).sum() / rows.sum().clamp(min=1.0)}
+
+    def _grounding(self, batch: dict[str, Any], frames: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"ground": cross-entropy of the static instruction query's first head's attention over the patches of
+        the newest frame to the named block's share of each patch (``named_mask_static``)} over the rows whose
+        block is in view; {} when the batch has no masks. Other rows weigh zero but stay in the graph."""
+        if "named_mask_static" not in batch:
+            return {}
+        mask = batch["named_mask_static"].to(frames["patches_static"])  # (B, s, s)
+        patches = frames["patches_static"][:, -1:]  # (B, 1, N, C)
+        grid = round(patches.shape[2] ** 0.5)
+        if mask.shape != (patches.shape[0], *mask.shape[1:]) or mask.ndim != 3 or mask.shape[1] % grid:
+            raise ValueError(f"named_mask_static must be (B, s, s) with s a multiple of the patch grid {grid}, "
+                             f"got {tuple(mask.shape)}")
+        share = F.adaptive_avg_pool2d(mask[:, None], grid).flatten(1)  # (B, N): the block's pixels per patch
+        seen = share.sum(dim=1)  # (B,)
+        target = share / seen.clamp(min=1e-8)[:, None]
+        weights, _ = self.lang_query["static"].attention(batch["lang_emb"], patches)  # (B, 1, H, N)
+        ce = -(target * weights[:, 0, 0].float().clamp(min=1e-8).log()).sum(dim=1)  # (B,)
+        rows = (seen > 0).to(ce.dtype)
+        return {"ground": (ce * rows).sum() / rows.sum().clamp(min=1.0)}
 
     def _colour_contrast(self, batch: dict[str, Any], frames: dict[str, torch.Tensor], drop: torch.Tensor,
                          noisy: torch.Tensor, t: torch.Tensor, pred: torch.Tensor, noise: torch.Tensor

@@ -202,13 +202,71 @@ def test_language_film_starts_as_the_identity_and_then_gates_the_image_tokens(ti
     assert filmed.film.weight.grad.abs().sum() > 0
 
 
+def test_language_query_starts_as_the_identity_then_reads_the_named_patches(tiny):
+    """lang_query: zero-initialised output, so with the same weights it acts as the model without it; once
+    trained, the sentence changes the views' CLS tokens (and nothing else among the inputs), gradients reach
+    its queries, and the runtime's per-frame tokens carry the patches it reads."""
+    torch.manual_seed(0)
+    plain = DreamVLA(tiny).eval()
+    assert plain.lang_query is None and not any(k.startswith("patches_") for k in plain.encode_frames(random_batch(tiny)))
+    queried = DreamVLA(dataclasses.replace(tiny, lang_query=4)).eval()
+    missing = queried.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("lang_query.") for k in missing)
+    batch = random_batch(tiny)
+    torch.testing.assert_close(queried.tokens(batch), plain.tokens(batch), atol=0, rtol=0)
+    frames = queried.encode_frames(batch)
+    assert frames["patches_static"].shape == (2, tiny.backbone.history, tiny.vision.grid ** 2, tiny.vision.width)
+    with torch.no_grad():
+        for module in queried.lang_query.values():
+            module.out[-1].weight.normal_(0, 0.1)
+    other = dict(batch, lang_emb=torch.randn_like(batch["lang_emb"]))
+    a, b = queried.tokens({"frame_tokens": frames, **batch}), queried.tokens({"frame_tokens": frames, **other})
+    layout = queried.layout
+    for name in ("cls_static", "cls_gripper"):
+        assert not torch.allclose(a[:, :, layout.step_slice(name)], b[:, :, layout.step_slice(name)])
+    for name in ("image_static", "state", "action"):
+        torch.testing.assert_close(a[:, :, layout.step_slice(name)], b[:, :, layout.step_slice(name)])
+    loss, _ = queried.train()(batch)
+    loss.backward()
+    assert queried.lang_query["static"].q.weight.grad.abs().sum() > 0
+
+
+def test_language_query_looks_where_its_key_matches():
+    """The attention of a query that matches one patch's key sits on that patch, and the expected (x, y)
+    the module reads out is that patch's centre on the grid (x to the right, y down, in [-1, 1])."""
+    from dream_policy.encoders import LanguageQuery
+
+    torch.manual_seed(0)
+    module = LanguageQuery(lang_dim=8, patch_width=8, width=16, heads=1)
+    with torch.no_grad():
+        module.q.weight.copy_(torch.eye(8) * 50)
+        module.q.bias.zero_()
+        module.kv.weight.zero_()
+        module.kv.weight[:8].copy_(torch.eye(8))
+        module.kv.bias.zero_()
+    patches = torch.zeros(1, 1, 16, 8)  # a 4 x 4 grid
+    patches[0, 0, 6] = torch.tensor([1.0, -1, 1, -1, 1, -1, 1, -1])  # row 1, column 2
+    lang = module.ln(patches)[0, 0, 6][None]  # the query the sentence makes is that patch's key
+    weights, _ = module.attention(lang, patches)
+    assert weights.shape == (1, 1, 1, 16) and weights[0, 0, 0].argmax() == 6 and weights[0, 0, 0, 6] > 0.99
+    captured = {}
+    module.out.register_forward_hook(lambda m, inputs, out: captured.update(x=inputs[0]))
+    module(lang, patches)
+    torch.testing.assert_close(captured["x"][0, 0, -2:], torch.tensor([0.25, -0.25]), atol=1e-2, rtol=0)
+    with pytest.raises(ValueError, match="square patch grid"):
+        module(lang, torch.zeros(1, 1, 15, 8))
+    with pytest.raises(ValueError, match="heads=3"):
+        LanguageQuery(8, 8, 16, heads=3)
+
+
 @pytest.mark.parametrize("change,match", [
     ({"cfg_dropout": 1.5}, "cfg_dropout.*1.5"), ({"guidance": 0.5}, "guidance.*0.5"),
     ({"depth_weight": -1}, "depth_weight.*-1"), ({"text_encoder": "bert"}, "'bert'"),
     ({"ddim_steps": 200}, "ddim_steps=200"), ({"chunk": 4}, "dit.chunk=3 must equal 4"),
     ({"noise_scale": -0.5}, "noise_scale.*-0.5"), ({"block_weight": -1}, "block_weight.*-1"),
     ({"action_horizon": 4}, r"action_horizon.*chunk=3.*4"), ({"action_horizon": 0}, "action_horizon.*0"),
-    ({"action_horizon": 1.5}, "action_horizon.*1.5"),
+    ({"action_horizon": 1.5}, "action_horizon.*1.5"), ({"lang_query": 3}, "lang_query.*width=128.*3"),
+    ({"lang_query": -1}, "lang_query.*-1"),
 ])
 def test_config_errors_name_the_value(tiny, change, match):
     with pytest.raises(ValueError, match=match):

@@ -119,6 +119,33 @@ def test_history_cache_gives_the_actions_of_full_recomputation(checkpoint):
     assert encoded == [1] * 9  # each frame encoded once, whatever the window length
 
 
+def test_an_instruction_query_model_acts_the_same_with_and_without_the_history_cache(tmp_path):
+    """lang_query reads the cached frames' patch tokens with the current instruction: the per-frame cache
+    must give full recomputation's actions, also right after the instruction changes."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(load_model_config("tiny"), lang_query=4)
+    model = DreamVLA(config)
+    with torch.no_grad():
+        for module in model.lang_query.values():
+            module.out[-1].weight.normal_(0, 0.5)  # trained-like: the query changes the CLS tokens
+    path = save_checkpoint(tmp_path, 1, model.state_dict(), config={"model_config": config.to_dict()},
+                           normalization=Normalizer(obs_mean=np.zeros(15), obs_std=np.ones(15)).to_dict())
+    cached = DreamPolicy.from_checkpoint(path, text_encoder=FakeText(), action_horizon=1)
+    full = DreamPolicy.from_checkpoint(path, text_encoder=FakeText(), action_horizon=1, history_cache=False)
+    rng = np.random.default_rng(7)
+    actions = {}
+    for i, instruction in enumerate(["open the drawer"] * 4 + ["lift the red block"] * 3):
+        o = obs(rng)
+        cached.seed(i), full.seed(i)
+        actions[i] = cached.step(o, instruction)
+        np.testing.assert_allclose(actions[i], full.step(o, instruction), atol=1e-5)
+    frames = cached._encoded_frames()
+    assert "patches_static" in frames
+    batch = {"frame_tokens": frames, "lang_emb": FakeText().encode(["open the drawer"])}
+    other = {"frame_tokens": frames, "lang_emb": FakeText().encode(["lift the red block"])}
+    assert not torch.allclose(cached.model.features(batch)["action"], cached.model.features(other)["action"])
+
+
 def test_observe_every_frame_then_sample_is_predict_chunk(checkpoint):
     split = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText())
     whole = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText())
