@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from test_data_loader import make_split
+from torch import nn
 from torch.utils.data import DataLoader
 
 from dream_policy.data.loader import TARGET_NAMES, CalvinWindowDataset
@@ -233,6 +234,24 @@ def test_a_union_refuses_parts_that_do_not_fit(packed: Path) -> None:
         PackedUnion([train, PackedWindowDataset(packed, "validation", **WINDOW)])
     with pytest.raises(PackedDataError, match="at least one"):
         PackedUnion([])
+
+
+def test_a_union_is_held_where_its_parts_are(packed: Path, tmp_path: Path) -> None:
+    """The trainer reads ``device`` to decide whether batches need pinned copies and loader workers: a union
+    of sets held on an accelerator must say so (pinning its batches failed on a GPU), and parts held on
+    different devices are refused."""
+    from dream_policy.trainer import Trainer, TrainerConfig
+
+    train = PackedWindowDataset(packed, "training", **WINDOW)
+    assert PackedUnion([train, train]).device == torch.device("cpu")
+    held = PackedWindowDataset(packed, "training", normalizer=train.normalizer, device="meta", **WINDOW)
+    union = PackedUnion([held, held])
+    assert union.device == torch.device("meta")
+    config = TrainerConfig(out_dir=str(tmp_path), batch_size=4, num_workers=2, eval_every=0, save_every=0)
+    loader = Trainer(nn.Linear(1, 1), union, None, config)._loader(union, train=True, epoch=0)
+    assert loader.num_workers == 0 and not loader.pin_memory
+    with pytest.raises(PackedDataError, match="held on meta"):
+        PackedUnion([train, held])
 
 
 def test_train_command_pools_several_packed_sets(packed: Path, source: Path, tmp_path: Path, capsys) -> None:

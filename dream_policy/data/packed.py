@@ -53,7 +53,7 @@ from sim.calvin_dataset import (
 from .colour_negatives import COLOURS, negative_table
 from .features import LANG_FEATURE, POLICY_FEATURES, dynamic_mask, moved_segment_ids, read_frame
 from .loader import ACTION_KEY, CAMERAS, PROPRIO_KEY, SCENE_KEY, TARGET_NAMES, _available, target_names
-from .named_block import NO_BLOCK, block_offsets, named_blocks
+from .named_block import NO_BLOCK, block_offsets, named_block_mask, named_blocks
 from .normalization import ANGLE_DIMS, STATS_FILE, Normalizer, RunningStats, clip_actions
 from .windows import (
     ANN,
@@ -282,6 +282,9 @@ def read_meta(split_dir: Path) -> dict[str, Any]:
 # ---- serving batches -----------------------------------------------------------------------------
 
 
+GROUND_SEG = "seg_static"  # the segmentation the named-block mask is read from
+
+
 class PackedWindowDataset(Dataset):
     """Training samples from a packed split, built a batch at a time.
 
@@ -299,6 +302,8 @@ class PackedWindowDataset(Dataset):
     annotated window that many times (``windows.repeat_attempt_starts``).
     Language samples of a split packed with ``scene_obs`` carry ``block_offset`` (B, 3): the block their
     task names relative to the gripper (``named_block.py``), zeros and ``has_block`` False where it names none.
+    With the world targets on (``forecast_n`` > 0) they also carry ``named_mask_static`` (B, s, s) bool: the
+    pixels of the current static frame's segmentation that show that block (``named_block.named_block_mask``).
     """
 
     def __init__(self, root: str | Path, split: str | None = "training", history: int = 1, chunk: int = 1,
@@ -454,6 +459,8 @@ class PackedWindowDataset(Dataset):
                 out["has_block"] = block != NO_BLOCK
                 out["block_offset"] = block_offsets(self._take(arrays[SCENE_KEY], rows),
                                                     self._take(arrays[PROPRIO_KEY], rows), block)
+                if GROUND_SEG in arrays:  # where the named block is in the current static image
+                    out["named_mask_static"] = named_block_mask(self._take(arrays[GROUND_SEG], rows), block)
         out["history"] = history
         out["actions"] = clip_actions(self._take(arrays[ACTION_KEY], acts))
         future = rows + spec.forecast_n  # depth and segmentation of the forecast frame; a dynamic
@@ -497,8 +504,11 @@ class PackedUnion(Dataset):
                 raise PackedDataError(f"{part.root}: colour negatives on some parts only")
             if (part._blocks is None) != (first._blocks is None):
                 raise PackedDataError(f"{part.root}: scene_obs packed in some parts only: re-pack the older ones")
+            if part.device != first.device:
+                raise PackedDataError(f"{part.root} is held on {part.device}, {first.root} on {first.device}")
         self.parts = list(parts)
         self.normalizer = first.normalizer
+        self.device = first.device  # where the batches are built (the trainer pins only CPU ones)
         self.offsets = np.cumsum([0] + [len(part) for part in self.parts])
 
     def __len__(self) -> int:
@@ -539,7 +549,7 @@ def _unbatch(batch: dict[str, Any]) -> dict[str, Any]:
     for key, value in batch.items():
         if isinstance(value, dict):
             out[key] = _unbatch(value)
-        elif value.dtype == torch.bool:
+        elif value.dtype == torch.bool and value.ndim == 1:  # flags; masks stay tensors
             out[key] = bool(value[0])
         elif key in ("sample_id", "frame_id", "episode", "ann_index"):
             out[key] = int(value[0])
