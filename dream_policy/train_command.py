@@ -166,6 +166,10 @@ def train_command(cfg: Mapping[str, Any]) -> None:
                                               for part in getattr(train, "parts", [train])):
         raise ValueError(f"block_weight={model_cfg.block_weight} needs the named block's position: packed data "
                          f"packed with scene_obs (simulated data; dream-policy pack data=... out=...)")
+    if model_cfg.ground_weight > 0 and not all(getattr(part, "_blocks", None) is not None and "seg_static" in
+                                               part.target_names for part in getattr(train, "parts", [train])):
+        raise ValueError(f"ground_weight={model_cfg.ground_weight} needs where the named block is in the image: "
+                         "packed data with scene_obs and the world targets (forecast_n > 0)")
     trainer_cfg = TrainerConfig.from_dict(OmegaConf.to_container(cfg["trainer"], resolve=True))
     full = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     full["model_config"] = model_cfg.to_dict()

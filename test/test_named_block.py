@@ -15,7 +15,14 @@ import torch
 from test_data_packed import IMAGE, TARGET, WINDOW, packed, source  # noqa: F401  (module fixtures)
 from test_model import random_batch
 
-from dream_policy.data.named_block import NO_BLOCK, SCALE, block_offsets, named_block, named_blocks
+from dream_policy.data.named_block import (
+    NO_BLOCK,
+    SCALE,
+    block_offsets,
+    named_block,
+    named_block_mask,
+    named_blocks,
+)
 from dream_policy.data.packed import PackedDataError, PackedUnion, PackedWindowDataset
 from dream_policy.model import DreamVLA, load_model_config
 from sim.calvin_dataset import LANG_FILE
@@ -192,3 +199,67 @@ def test_train_command_fits_the_block_term_and_refuses_data_without_scene_obs(pa
     old = without_scene_obs(root, tmp_path / "old")
     with pytest.raises(ValueError, match="block_weight=0.5 needs"):
         main(["train", f"data={old}", *[a.replace(str(out), str(tmp_path / "run2")) for a in args]])
+
+
+def test_the_named_block_mask_is_its_segment_or_nothing():
+    seg = torch.tensor([[[0, 3], [4, 5]], [[3, 3], [5, 1]], [[5, 4], [3, 5]]], dtype=torch.uint8)  # (3, 2, 2)
+    mask = named_block_mask(seg, torch.tensor([BLOCKS.index("block_red"), NO_BLOCK, BLOCKS.index("block_pink")]))
+    assert mask.dtype == torch.bool
+    assert mask[0].tolist() == [[False, True], [False, False]]  # red is segment 3
+    assert not mask[1].any()  # names no block: nothing, although red and pink are in view
+    assert mask[2].tolist() == [[True, False], [False, True]]  # pink is segment 5
+    with pytest.raises(ValueError, match=r"\(N, s, s\)"):
+        named_block_mask(seg[0], torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="block indices"):
+        named_block_mask(seg, torch.tensor([0, 3, 1]))
+
+
+def test_the_packed_set_serves_where_the_named_block_is_in_the_static_image(packed: Path, tmp_path: Path):  # noqa: F811
+    tasks = ["lift_red_block_table", "open_drawer", "push_pink_block_left"]
+    root = named_copy(packed, tmp_path, tasks)
+    data = PackedWindowDataset(root, "training", **WINDOW)
+    assert "seg_static" in data.target_names
+    batch = data.__getitems__(list(range(len(data))))
+    seg = np.load(root / "training" / "seg_static.npy")
+    frame_ids = np.load(root / "training" / "frame_ids.npy").tolist()
+    assert batch["named_mask_static"].shape == (len(data), TARGET, TARGET)
+    for i in range(len(data)):
+        block = [0, NO_BLOCK, 2][int(batch["ann_index"][i]) % 3]
+        row = frame_ids.index(int(batch["frame_id"][i]))  # the anchor frame's segmentation, not the forecast's
+        want = np.zeros_like(seg[row], dtype=bool) if block == NO_BLOCK else seg[row] == 3 + block
+        assert np.array_equal(batch["named_mask_static"][i].numpy(), want)
+    assert "named_mask_static" not in PackedWindowDataset(root, "training", history=3, chunk=4)[0]
+
+
+def ground_model() -> DreamVLA:
+    config = dataclasses.replace(load_model_config("tiny"), lang_query=4, ground_weight=1.0, cfg_dropout=0.0)
+    torch.manual_seed(0)
+    return DreamVLA(config)
+
+
+def test_the_grounding_term_pulls_the_first_static_head_onto_the_named_block():
+    model = ground_model().eval()  # no augmentation: the same patches in every call
+    batch = random_batch(model.config, b=3, targets=False)
+    mask = torch.zeros(3, 32, 32, dtype=torch.bool)
+    mask[0, 8:12, 20:24] = True  # inside patch (row 2, column 5) of the 8 x 8 grid
+    mask[2, 0:4, 0:8] = True  # patches (0, 0) and (0, 1), half each
+    batch["named_mask_static"] = mask
+    torch.manual_seed(1)
+    _, info = model(batch)
+    with torch.no_grad():
+        patches = model.encode_frames(batch)["patches_static"][:, -1:]
+        weights = model.lang_query["static"].attention(batch["lang_emb"], patches)[0][:, 0, 0]  # (B, 64)
+    want = (-weights[0, 2 * 8 + 5].log() - 0.5 * (weights[2, 0].log() + weights[2, 1].log())) / 2  # row 1 sees none
+    assert math.isclose(info["ground"], float(want), rel_tol=1e-4)
+    assert math.isclose(info["loss"], info["action"] + info["ground"], rel_tol=1e-5)
+    optimiser = torch.optim.Adam(model.lang_query.parameters(), lr=1e-2)
+    for _ in range(60):  # the instruction query alone learns to look there
+        optimiser.zero_grad()
+        model._grounding(batch, model.encode_frames(batch))["ground"].backward()
+        optimiser.step()
+    with torch.no_grad():
+        after = model.lang_query["static"].attention(batch["lang_emb"], model.encode_frames(batch)["patches_static"][:, -1:])[0]
+    assert after[0, 0, 0, 2 * 8 + 5] > 0.5 > weights[0, 2 * 8 + 5]
+    assert model._grounding({k: v for k, v in batch.items() if k != "named_mask_static"}, {}) == {}
+    with pytest.raises(ValueError, match="ground_weight=0.5.*lang_query"):
+        dataclasses.replace(load_model_config("tiny"), ground_weight=0.5)

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from sim.snapshot import BLOCK_SLICES, BLOCKS
+from sim.snapshot import BLOCK_SLICES, BLOCKS, SEGMENT_NAMES
 
 SCALE = 0.2  # metres per target unit: offsets on the table are a few tenths of a metre
 NO_BLOCK = -1
 _NAMED = re.compile(r"(?:^|_)(" + "|".join(b.removeprefix("block_") for b in BLOCKS) + r")_block(?:_|$)")
+SEGMENT_OF_BLOCK = np.array([SEGMENT_NAMES.index(b) for b in BLOCKS], dtype=np.int64)  # seg id per block
 POSITION_COLUMNS = np.array([BLOCK_SLICES[b].start + k for b in BLOCKS for k in range(3)]).reshape(len(BLOCKS), 3)
 
 
@@ -53,3 +54,15 @@ def block_offsets(scene_obs: torch.Tensor, robot_obs: torch.Tensor, blocks: torc
     cols = torch.as_tensor(POSITION_COLUMNS, device=scene_obs.device)[torch.where(has, blocks, 0)]  # (N, 3)
     offset = torch.gather(scene_obs.float(), 1, cols) - robot_obs[:, :3].float()
     return torch.where(has[:, None], offset / SCALE, torch.zeros_like(offset))
+
+
+def named_block_mask(seg: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """(N, s, s) bool: the pixels of the segmentation ``seg`` (N, s, s) (``sim.snapshot.SEGMENT_NAMES`` ids)
+    that show block ``blocks[i]``; all False where ``blocks[i]`` is ``NO_BLOCK``. Where the named block is in
+    the image: the target of the model's instruction-query grounding (``ground_weight``)."""
+    if seg.ndim != 3 or blocks.shape != (len(seg),):
+        raise ValueError(f"seg must be (N, s, s) and blocks (N,), got {tuple(seg.shape)} and {tuple(blocks.shape)}")
+    if blocks.numel() and (int(blocks.min()) < NO_BLOCK or int(blocks.max()) >= len(BLOCKS)):
+        raise ValueError(f"block indices must be in [{NO_BLOCK}, {len(BLOCKS)}), got {sorted(set(blocks.tolist()))}")
+    ids = torch.as_tensor(SEGMENT_OF_BLOCK, device=seg.device)[blocks.clamp(min=0)]  # (N,)
+    return (seg.long() == ids[:, None, None]) & (blocks != NO_BLOCK)[:, None, None]
