@@ -1,6 +1,7 @@
 """Training steps per second of a model on a packed data set, measured with the real Trainer.
 
     python scripts/probe_train_speed.py DATA [--model tiny] [--batch 512] [--precision bf16] [--steps 60]
+        [--set lang_query=4 ...]
 
 ``scripts/train_shipped.sh`` uses it to size the cosine schedule (``trainer.total_steps``) to the time
 it has: the first ``--warmup`` steps (CUDA start-up, allocator) are not counted. Prints one line,
@@ -14,9 +15,10 @@ import tempfile
 import time
 
 import torch
+import yaml
 
 from dream_policy.data.packed import PackedWindowDataset
-from dream_policy.model import DreamVLA, load_model_config
+from dream_policy.model import DreamVLA, DreamVLAConfig, load_model_config, merge_config
 from dream_policy.trainer import Trainer, TrainerConfig
 
 
@@ -30,8 +32,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=15, help="steps not counted (start-up, compilation)")
     parser.add_argument("--forecast-n", type=int, default=3)
     parser.add_argument("--compile", default=None, help="trainer.compile mode (default: off)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a top-level model config field to change (YAML value), e.g. --set lang_query=4")
     args = parser.parse_args()
     cfg = load_model_config(args.model)
+    if args.set:
+        changes = {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"--set needs FIELD=VALUE, got {item!r}")
+            changes[key] = yaml.safe_load(value)
+        cfg = DreamVLAConfig.from_dict(merge_config(cfg.to_dict(), changes))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = PackedWindowDataset(args.data, "training", history=cfg.backbone.history, chunk=cfg.chunk,
                                forecast_n=args.forecast_n, device=device, image_size=cfg.vision.image_size,
