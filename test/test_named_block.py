@@ -263,3 +263,22 @@ def test_the_grounding_term_pulls_the_first_static_head_onto_the_named_block():
     assert model._grounding({k: v for k, v in batch.items() if k != "named_mask_static"}, {}) == {}
     with pytest.raises(ValueError, match="ground_weight=0.5.*lang_query"):
         dataclasses.replace(load_model_config("tiny"), ground_weight=0.5)
+
+
+def test_train_command_fits_the_grounding_term_and_refuses_data_without_world_targets(packed: Path,  # noqa: F811
+                                                                                       tmp_path: Path):
+    import csv
+
+    from dream_policy.cli import main
+
+    root = named_copy(packed, tmp_path / "named", ["lift_red_block_table", "open_drawer"])
+    out = tmp_path / "run"
+    args = [f"trainer.out_dir={out}", "trainer.total_steps=2", "trainer.batch_size=4", "trainer.warmup_steps=1",
+            "trainer.log_every=1", f"model.vision.image_size={IMAGE}", f"model.world.target_size={TARGET}",
+            "model.lang_query=4", "model.ground_weight=0.5"]
+    assert main(["train", f"data={root}", "forecast_n=2", *args]) == 0
+    with open(out / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] == "ground"]
+    assert {r["split"] for r in rows} == {"train", "val"} and all(float(r["value"]) > 0 for r in rows)
+    with pytest.raises(ValueError, match="ground_weight=0.5 needs"):  # no world targets: no segmentation
+        main(["train", f"data={root}", "forecast_n=0", *[a.replace(str(out), str(tmp_path / "run2")) for a in args]])
