@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dream_policy.checkpoint import load_normalization
+from dream_policy.checkpoint import checkpoint_folder, load_normalization
 from dream_policy.data.colour_negatives import swapped_colours
 from dream_policy.data.normalization import Normalizer
 from dream_policy.data.packed import PackedWindowDataset
@@ -171,7 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = DreamVLA.from_checkpoint(args.ckpt).eval()
-    norm = Normalizer.from_dict(load_normalization(args.ckpt))
+    norm = Normalizer.from_dict(load_normalization(checkpoint_folder(args.ckpt)))  # a run folder: its latest
     cfg = model.config
     data = PackedWindowDataset(args.data, args.split, history=cfg.backbone.history, chunk=cfg.chunk,
                                normalizer=norm, image_size=cfg.vision.image_size, pad_history=args.pad_history)
