@@ -162,7 +162,8 @@ def test_semantic_feature_mode(tiny):
 def test_pooled_patch_readout_trains_and_acts(tiny):
     """vision.readout=pool: 16 pooled patch tokens per view reach the backbone (layout sized by them)."""
     config = load_model_config("tiny_pool")
-    assert config == dataclasses.replace(tiny, vision=dataclasses.replace(tiny.vision, readout="pool", num_latents=16))
+    assert config == dataclasses.replace(tiny, lang_query=0,  # (a config of session 13, before the query)
+                                         vision=dataclasses.replace(tiny.vision, readout="pool", num_latents=16))
     torch.manual_seed(0)
     model = DreamVLA(config)
     image = model.layout.step_slice("image_static")
@@ -206,10 +207,12 @@ def test_language_query_starts_as_the_identity_then_reads_the_named_patches(tiny
     """lang_query: zero-initialised output, so with the same weights it acts as the model without it; once
     trained, the sentence changes the views' CLS tokens (and nothing else among the inputs), gradients reach
     its queries, and the runtime's per-frame tokens carry the patches it reads."""
+    assert tiny.lang_query == 4  # on in the tiny config since session 26 (bench/RESULTS.md)
     torch.manual_seed(0)
-    plain = DreamVLA(tiny).eval()
-    assert plain.lang_query is None and not any(k.startswith("patches_") for k in plain.encode_frames(random_batch(tiny)))
-    queried = DreamVLA(dataclasses.replace(tiny, lang_query=4)).eval()
+    off = dataclasses.replace(tiny, lang_query=0)
+    plain = DreamVLA(off).eval()
+    assert plain.lang_query is None and not any(k.startswith("patches_") for k in plain.encode_frames(random_batch(off)))
+    queried = DreamVLA(tiny).eval()
     missing = queried.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert missing and all(k.startswith("lang_query.") for k in missing)
     batch = random_batch(tiny)

@@ -262,7 +262,7 @@ def test_the_grounding_term_pulls_the_first_static_head_onto_the_named_block():
     assert after[0, 0, 0, 2 * 8 + 5] > 0.5 > weights[0, 2 * 8 + 5]
     assert model._grounding({k: v for k, v in batch.items() if k != "named_mask_static"}, {}) == {}
     with pytest.raises(ValueError, match="ground_weight=0.5.*lang_query"):
-        dataclasses.replace(load_model_config("tiny"), ground_weight=0.5)
+        dataclasses.replace(load_model_config("tiny"), lang_query=0, ground_weight=0.5)
 
 
 def test_train_command_fits_the_grounding_term_and_refuses_data_without_world_targets(packed: Path,  # noqa: F811
