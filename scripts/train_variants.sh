@@ -5,7 +5,7 @@
 # bench/RESULTS.md ("The instruction looks at the patches" section).
 #
 #   bash scripts/train_variants.sh RUN_DIR BUDGET_S NAME="MODEL OVERRIDES" [NAME="..." ...]
-#   e.g. bash scripts/train_variants.sh runs/v 540 base="" query="model.lang_query=4"
+#   e.g. bash scripts/train_variants.sh runs/v 540 base="model.lang_query=0" query=""
 #
 # BUDGET_S: seconds for the whole script; each variant trains for what is left after collecting, packing
 # and a short concurrent speed probe, less SAVE_S (default 50). Environment: EPISODES (per start kind,
@@ -84,7 +84,7 @@ for i in "${!names[@]}"; do
   $PY -m dream_policy train "data=$PACKED" model=tiny ${overrides[$i]} trainer.out_dir="$RUN/${names[$i]}" \
     trainer.precision="$PRECISION" trainer.batch_size="$BATCH" trainer.lr="$LR" trainer.num_workers=0 \
     trainer.total_steps="$steps" trainer.warmup_steps="$warmup" trainer.time_limit_min="$MINUTES" \
-    trainer.eval_every=$(( steps > 1 ? steps / 2 : 1 )) trainer.save_every=100000 trainer.log_every=50 $EXTRA \
+    trainer.eval_every=$(( steps > 1 ? steps / 2 : 1 )) trainer.save_every=100000 trainer.log_every=$(( steps < 50 ? 1 : 50 )) $EXTRA \
     > "$RUN/train_${names[$i]}.log" 2>&1 &
   pids+=($!)
 done
