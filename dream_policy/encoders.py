@@ -503,10 +503,7 @@ class VisionEncoder(nn.Module):
         self.shared = config.shared
 
     def forward(self, images: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        missing = [v for v in self.views if v not in images]
-        if missing:
-            raise KeyError(f"missing image view(s) {missing}; got {sorted(images)}")
-        return {v: self.encoders["shared" if self.shared else v](images[v]) for v in self.views}
+        return {v: (cls, latents) for v, (cls, latents, _) in self.encode(images).items()}
 
     def encode(self, images: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Like ``forward``, with each view's patch tokens too: {view: (CLS, latents, patches)}."""

@@ -378,8 +378,8 @@ class DreamVLA(nn.Module):
         share = F.adaptive_avg_pool2d(mask[:, None], grid).flatten(1)  # (B, N): the block's pixels per patch
         seen = share.sum(dim=1)  # (B,)
         target = share / seen.clamp(min=1e-8)[:, None]
-        weights, _ = self.lang_query["static"].attention(batch["lang_emb"], patches)  # (B, 1, H, N)
-        ce = -(target * weights[:, 0, 0].float().clamp(min=1e-8).log()).sum(dim=1)  # (B,)
+        logits, _ = self.lang_query["static"].logits(batch["lang_emb"], patches)  # (B, 1, H, N)
+        ce = -(target * logits[:, 0, 0].float().log_softmax(dim=-1)).sum(dim=1)  # (B,)
         rows = (seen > 0).to(ce.dtype)
         return {"ground": (ce * rows).sum() / rows.sum().clamp(min=1.0)}
 
