@@ -8,7 +8,8 @@ and ``chains_file``): the script refuses runs over different numbers of chains. 
 per-chain records (``chains``) over the same chains, each run after the first is also compared with the
 first chain by chain: the mean paired difference of completed subtasks with its standard error, and how
 many chains it completed more or fewer subtasks of (evaluations are seeded per chain, so a runtime option
-that changes nothing on a chain leaves that chain's rollout as it was).
+that changes nothing on a chain leaves that chain's rollout as it was). When the runs keep their per-task
+counts (``per_task``), a second table gives the successes of each task family (table lifts, rotations, ...).
 """
 
 from __future__ import annotations
@@ -35,6 +36,53 @@ def table(runs: list[tuple[str, dict[str, Any]]]) -> str:
     for label, r in runs:
         rates = " / ".join(f"{x:.2f}" for x in r["chain_sr"])
         lines.append(f"| {label} | {r['num_chains']} | {r['avg_seq_len']:.2f} | {rates} |")
+    return "\n".join(lines)
+
+
+FAMILIES = ("table lifts", "slider lifts", "drawer lifts", "rotations", "pushes", "move_slider", "lightbulb on",
+            "lightbulb off", "LED", "open_drawer", "close_drawer", "place, stack, push_into")
+
+
+def family(task: str) -> str:
+    """The family of one of CALVIN's 34 task names, as the result tables of bench/RESULTS.md group them."""
+    if task.startswith("lift_"):
+        return {"table": "table lifts", "slider": "slider lifts", "drawer": "drawer lifts"}[task.rsplit("_", 1)[1]]
+    if task.startswith("rotate_"):
+        return "rotations"
+    if task.startswith(("place_", "stack_", "unstack_", "push_into")):
+        return "place, stack, push_into"
+    if task.startswith("push_"):
+        return "pushes"
+    if task.startswith("move_slider"):
+        return "move_slider"
+    if task.endswith("_led"):
+        return "LED"
+    named = {"turn_on_lightbulb": "lightbulb on", "turn_off_lightbulb": "lightbulb off", "open_drawer": "open_drawer",
+             "close_drawer": "close_drawer"}
+    if task in named:
+        return named[task]
+    raise ValueError(f"unknown CALVIN task {task!r}")
+
+
+def family_counts(per_task: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
+    """{family: (successes, attempts)} summed over ``per_task``'s {task: [successes, attempts]}."""
+    counts: dict[str, tuple[int, int]] = {}
+    for task, (succ, n) in per_task.items():
+        s, t = counts.get(family(task), (0, 0))
+        counts[family(task)] = (s + int(succ), t + int(n))
+    return counts
+
+
+def family_table(runs: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """Markdown rows: successes / attempts of each task family per run; None when a run lacks ``per_task``."""
+    if any("per_task" not in r for _, r in runs):
+        return None
+    counts = [family_counts(r["per_task"]) for _, r in runs]
+    present = [f for f in FAMILIES if any(f in c for c in counts)]
+    lines = ["| run | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
+    for (label, _), c in zip(runs, counts):
+        cells = [f"{c[f][0]}/{c[f][1]}" if f in c else "-" for f in present]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -111,6 +159,10 @@ def main() -> None:
     print(table(runs))
     for line in paired_lines(runs):
         print(line)
+    families = family_table(runs)
+    if families is not None:
+        print()
+        print(families)
     if args.plot:
         plot(runs, Path(args.plot))
         print(f"plot: {args.plot}")

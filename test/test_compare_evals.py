@@ -62,3 +62,30 @@ def test_runs_over_the_same_chains_are_compared_chain_by_chain(tmp_path, monkeyp
     assert compare.paired(json.loads((base / "results.json").read_text()),
                           json.loads((elsewhere / "results.json").read_text())) is None  # other chains
     assert compare.paired({"chain_sr": []}, {"chain_sr": []}) is None  # no per-chain records
+
+
+def test_every_calvin_task_has_a_family_and_families_sum_per_run(tmp_path, monkeypatch, capsys):
+    from sim.task_oracle import TASK_NAMES
+
+    assert {compare.family(t) for t in TASK_NAMES} <= set(compare.FAMILIES)
+    assert compare.family("lift_red_block_table") == "table lifts"
+    assert compare.family("push_into_drawer") == "place, stack, push_into"
+    assert compare.family("push_red_block_left") == "pushes"
+    with pytest.raises(ValueError, match="unknown CALVIN task 'fly'"):
+        compare.family("fly")
+
+    def run(name, per_task):
+        folder = write_run(tmp_path / name, [0.5, 0, 0, 0, 0])
+        results = json.loads((folder / "results.json").read_text())
+        results["per_task"] = per_task
+        (folder / "results.json").write_text(json.dumps(results))
+        return folder
+
+    a = run("a", {"lift_red_block_table": [1, 4], "lift_blue_block_table": [0, 3], "open_drawer": [2, 2]})
+    b = run("b", {"lift_red_block_table": [2, 5], "rotate_red_block_left": [1, 2]})
+    monkeypatch.setattr(sys, "argv", ["compare_evals.py", f"a={a}", f"b={b}"])
+    compare.main()
+    out = capsys.readouterr().out
+    assert "| run | table lifts | rotations | open_drawer |" in out
+    assert "| a | 1/7 | - | 2/2 |" in out
+    assert "| b | 2/5 | 1/2 | - |" in out
