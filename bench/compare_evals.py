@@ -45,8 +45,9 @@ FAMILIES = ("table lifts", "slider lifts", "drawer lifts", "rotations", "pushes"
 
 def family(task: str) -> str:
     """The family of one of CALVIN's 34 task names, as the result tables of bench/RESULTS.md group them."""
-    if task.startswith("lift_"):
-        return {"table": "table lifts", "slider": "slider lifts", "drawer": "drawer lifts"}[task.rsplit("_", 1)[1]]
+    lifts = {"table": "table lifts", "slider": "slider lifts", "drawer": "drawer lifts"}
+    if task.startswith("lift_") and task.rsplit("_", 1)[1] in lifts:
+        return lifts[task.rsplit("_", 1)[1]]
     if task.startswith("rotate_"):
         return "rotations"
     if task.startswith(("place_", "stack_", "unstack_", "push_into")):

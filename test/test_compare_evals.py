@@ -73,6 +73,8 @@ def test_every_calvin_task_has_a_family_and_families_sum_per_run(tmp_path, monke
     assert compare.family("push_red_block_left") == "pushes"
     with pytest.raises(ValueError, match="unknown CALVIN task 'fly'"):
         compare.family("fly")
+    with pytest.raises(ValueError, match="unknown CALVIN task"):
+        compare.family("lift_red_block_moon")
 
     def run(name, per_task):
         folder = write_run(tmp_path / name, [0.5, 0, 0, 0, 0])
