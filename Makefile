@@ -2,7 +2,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 PIP = $(PY) -m pip
 STAMP = $(VENV)/.stamp
-DEMO_ARGS ?= policy=checkpoint ckpt=checkpoints/tiny_D num_sequences=8 workers=2 out_dir=runs/demo
+DEMO_ARGS ?= policy=checkpoint ckpt=checkpoints/tiny_D_query num_sequences=8 workers=2 out_dir=runs/demo
 PYTEST_ARGS ?=
 # Mesa's EGL for MuJoCo's offscreen rendering (MUJOCO_GL=egl); PyOpenGL also needs libOpenGL.
 EGL_PACKAGES = libegl1 libopengl0 libgl1-mesa-dri libegl-mesa0 libgles2

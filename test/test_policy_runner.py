@@ -378,10 +378,11 @@ def test_bad_inputs_are_refused():
 
 
 @pytest.mark.slow
-def test_the_shipped_checkpoint_runs_under_the_runner():
+@pytest.mark.parametrize("name", ["tiny_D", "tiny_D_query"])
+def test_the_shipped_checkpoints_run_under_the_runner(name):
     from dream_policy.runtime import DreamPolicy
 
-    policy = DreamPolicy.from_checkpoint(ROOT / "checkpoints" / "tiny_D")
+    policy = DreamPolicy.from_checkpoint(ROOT / "checkpoints" / name)
     runner = make_runner(policy)  # latency taken as 0: this CPU's inference time is not the point here
     runner.start("open the drawer")
     for k in range(2):
