@@ -69,8 +69,9 @@ def family_counts(per_task: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
     """{family: (successes, attempts)} summed over ``per_task``'s {task: [successes, attempts]}."""
     counts: dict[str, tuple[int, int]] = {}
     for task, (succ, n) in per_task.items():
-        s, t = counts.get(family(task), (0, 0))
-        counts[family(task)] = (s + int(succ), t + int(n))
+        name = family(task)
+        s, t = counts.get(name, (0, 0))
+        counts[name] = (s + int(succ), t + int(n))
     return counts
 
 
