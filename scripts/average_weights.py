@@ -1,0 +1,70 @@
+"""Average the EMA weights of checkpoints that share a model (a "model soup"), into a new checkpoint folder.
+
+    python scripts/average_weights.py runs/a runs/b --out checkpoints/soup
+
+Each argument is a checkpoint folder with ``ema.safetensors``, ``config.yaml`` and ``normalization.json``
+(a step folder or a run's final folder). Every floating-point tensor is averaged; the others must be equal.
+The config and normalisation are copied from the last folder, and the normalisation files must agree (the
+runs are fine-tunes of one model). ``checkpoints/tiny_D_query`` is the mean of two such fine-tunes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FILES = ("ema.safetensors", "config.yaml", "normalization.json")
+
+
+def average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of state dicts with the same keys and shapes; non-float tensors must be equal."""
+    keys = set(states[0])
+    for k, s in enumerate(states[1:], 1):
+        if set(s) != keys:
+            raise ValueError(f"weights {k} differ in their tensors from weights 0: {sorted(set(s) ^ keys)[:5]}")
+    out = {}
+    for name, first in states[0].items():
+        if any(s[name].shape != first.shape for s in states):
+            raise ValueError(f"{name}: shapes differ {[tuple(s[name].shape) for s in states]}")
+        if first.is_floating_point():
+            out[name] = (sum(s[name].double() for s in states) / len(states)).to(first.dtype)
+        elif all(torch.equal(s[name], first) for s in states):
+            out[name] = first
+        else:
+            raise ValueError(f"{name}: a non-float tensor that differs between the weights cannot be averaged")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("ckpts", nargs="+", type=Path, help="checkpoint folders to average (two or more)")
+    parser.add_argument("--out", type=Path, required=True, help="the new checkpoint folder")
+    args = parser.parse_args()
+    if len(args.ckpts) < 2:
+        raise SystemExit("average_weights: give two or more checkpoint folders")
+    for folder in args.ckpts:
+        missing = [f for f in FILES if not (folder / f).is_file()]
+        if missing:
+            raise SystemExit(f"{folder}: missing {', '.join(missing)}")
+    norms = {(f / "normalization.json").read_text(encoding="utf-8") for f in args.ckpts}
+    if len(norms) != 1:
+        raise SystemExit("the checkpoints' normalization.json differ: they are not fine-tunes of one model")
+    try:
+        state = average([load_file(str(f / "ema.safetensors")) for f in args.ckpts])
+    except ValueError as err:
+        raise SystemExit(f"average_weights: {err}") from None
+    if args.out.exists() and any(args.out.iterdir()):
+        raise SystemExit(f"{args.out} exists and is not empty: choose a new folder")
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(args.out / "ema.safetensors"))
+    for name in FILES[1:]:
+        shutil.copyfile(args.ckpts[-1] / name, args.out / name)
+    print(f"averaged {len(args.ckpts)} checkpoints ({len(state)} tensors) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
