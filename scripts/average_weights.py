@@ -15,7 +15,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from dream_policy.checkpoint import EMA_WEIGHTS, CheckpointError, load_tensors
 
 FILES = ("ema.safetensors", "config.yaml", "normalization.json")
 
@@ -54,8 +56,8 @@ def main() -> None:
     if len(norms) != 1:
         raise SystemExit("the checkpoints' normalization.json differ: they are not fine-tunes of one model")
     try:
-        state = average([load_file(str(f / "ema.safetensors")) for f in args.ckpts])
-    except ValueError as err:
+        state = average([load_tensors(f, EMA_WEIGHTS) for f in args.ckpts])
+    except (ValueError, CheckpointError) as err:
         raise SystemExit(f"average_weights: {err}") from None
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} exists and is not empty: choose a new folder")
