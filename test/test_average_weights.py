@@ -44,3 +44,25 @@ def test_what_cannot_be_averaged_is_refused(tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match=message):
             avg.main()
     assert not (tmp_path / "x").exists()  # nothing written when refused
+
+
+def test_a_weighted_mean(tmp_path, monkeypatch):
+    a = make(tmp_path / "a", torch.tensor([0.0, 4.0]), torch.tensor([3]))
+    b = make(tmp_path / "b", torch.tensor([4.0, 0.0]), torch.tensor([3]))
+    monkeypatch.setattr(sys, "argv", ["average_weights.py", str(a), str(b), "--weights", "3", "1",
+                                      "--out", str(tmp_path / "soup")])
+    avg.main()
+    out = load_file(str(tmp_path / "soup" / "ema.safetensors"))
+    assert torch.allclose(out["w"], torch.tensor([1.0, 3.0]))  # 0.75 * a + 0.25 * b
+
+
+@pytest.mark.parametrize("weights, message", [(["1"], "1 weights for 2"), (["1", "-1"], "non-negative"),
+                                              (["0", "0"], "not all zero"), (["nan", "1"], "finite")])
+def test_bad_weights_are_refused(tmp_path, monkeypatch, weights, message):
+    a = make(tmp_path / "a", torch.zeros(2), torch.tensor([1]))
+    b = make(tmp_path / "b", torch.ones(2), torch.tensor([1]))
+    monkeypatch.setattr(sys, "argv", ["average_weights.py", str(a), str(b), "--weights", *weights,
+                                      "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match=message):
+        avg.main()
+    assert not (tmp_path / "x").exists()
