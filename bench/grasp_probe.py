@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--noise-scale", type=float, default=None)
     parser.add_argument("--action-horizon", type=int, default=None)
     parser.add_argument("--ensemble-decay", type=float, default=None)
+    parser.add_argument("--gripper-hold", type=int, default=None, help="gripper changes after n requests (1: off)")
     parser.add_argument("--family", default="lift", help="task name prefix: lift, rotate, push, ...")
     parser.add_argument("--attempts", type=int, default=24)
     parser.add_argument("--workers", type=int, default=2)
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     options: dict[str, Any] = {"scene": "D"}
     if args.policy == "checkpoint":
         options = {"ckpt": args.ckpt, "cache": args.cache}
-        for key in ("noise_scale", "action_horizon", "ensemble_decay"):
+        for key in ("noise_scale", "action_horizon", "ensemble_decay", "gripper_hold"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
     attempts = run(args.policy, options, args.family, args.attempts, args.workers, args.ep_len)

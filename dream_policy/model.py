@@ -89,6 +89,9 @@ class DreamVLAConfig:
     stall_steps: int | None = None
     stall_tol: float = 0.005
     stall_noise: float = 1.0
+    # runtime gripper hold (None or 1: off): the gripper command played changes only once the policy has asked
+    # for the other state in gripper_hold consecutive steps (a single noisy sample neither drops nor grabs)
+    gripper_hold: int | None = None
     # FiLM: the instruction scales and shifts every image token's channels (x * (1 + g(l)) + b(l), zero at
     # the start), a multiplicative path from "which block" in the sentence to where it is in the image
     lang_film: bool = False
@@ -144,6 +147,9 @@ class DreamVLAConfig:
         if self.stall_steps is not None and (isinstance(self.stall_steps, bool) or not isinstance(
                 self.stall_steps, int) or self.stall_steps < 2):
             raise ValueError(f"DreamVLAConfig.stall_steps must be null or an integer >= 2, got {self.stall_steps!r}")
+        if self.gripper_hold is not None and (isinstance(self.gripper_hold, bool) or not isinstance(
+                self.gripper_hold, int) or self.gripper_hold < 1):
+            raise ValueError(f"DreamVLAConfig.gripper_hold must be null or an integer >= 1, got {self.gripper_hold!r}")
         for name in ("stall_tol", "stall_noise"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

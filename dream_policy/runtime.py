@@ -24,6 +24,9 @@ frames held. Without the cache a streaming model recomputes the window (unpadded
 Stall escape (``stall_steps=n``; None takes the checkpoint's setting, 0 turns it off): when the tool
 centre point has stayed within ``stall_tol`` metres over the last ``n`` observations, chunks are sampled
 from ``stall_noise`` times unit noise (a higher temperature) until it moves again.
+Gripper hold (``gripper_hold=n``; None takes the checkpoint's setting, 1 turns it off): ``step`` changes the
+gripper command it plays only once the policy has asked for the other state in ``n`` consecutive steps
+(``held_gripper``), so a single sample neither drops a grasped block nor closes on air.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class DreamPolicy:
                  device: str | torch.device = "cpu", seed: int = 0, action_horizon: int | None = None,
                  schedule: CacheSchedule | None = None, history_cache: bool = True, kv_cache: bool = True,
                  ensemble_decay: float | None = None, stall_steps: int | None = None,
-                 stall_tol: float | None = None, stall_noise: float | None = None) -> None:
+                 stall_tol: float | None = None, stall_noise: float | None = None,
+                 gripper_hold: int | None = None) -> None:
         chunk = model.config.chunk
         if ensemble_decay is None:  # the checkpoint's setting (None: no ensembling)
             ensemble_decay = model.config.ensemble_decay
@@ -80,6 +84,11 @@ class DreamPolicy:
         if not (np.isfinite(stall_tol) and stall_tol >= 0 and np.isfinite(stall_noise) and stall_noise >= 0):
             raise ValueError(f"stall_tol={stall_tol} and stall_noise={stall_noise} must be finite numbers >= 0")
         self.stall_steps = stall_steps or None  # None: off
+        gripper_hold = model.config.gripper_hold if gripper_hold is None else gripper_hold
+        if gripper_hold is not None and (isinstance(gripper_hold, bool) or int(gripper_hold) != gripper_hold
+                                         or gripper_hold < 1):
+            raise ValueError(f"gripper_hold={gripper_hold} must be an integer >= 1 (1: off)")
+        self.gripper_hold = None if gripper_hold in (None, 1) else int(gripper_hold)  # None: off
         self.stall_tol, self.stall_noise = float(stall_tol), float(stall_noise)
         self.model = model.to(device).eval()
         self.history_cache = history_cache
@@ -103,7 +112,8 @@ class DreamPolicy:
                         ddim_steps: int | None = None, kv_cache: bool = True,
                         guidance: float | None = None, noise_scale: float | None = None,
                         ensemble_decay: float | None = None, stall_steps: int | None = None,
-                        stall_tol: float | None = None, stall_noise: float | None = None) -> DreamPolicy:
+                        stall_tol: float | None = None, stall_noise: float | None = None,
+                        gripper_hold: int | None = None) -> DreamPolicy:
         """Restore a checkpoint folder written by ``dream-policy train``, or the latest one of a run
         (``checkpoint.checkpoint_folder``; ``cache``: see the module).
 
@@ -111,7 +121,8 @@ class DreamPolicy:
         (a cache schedule must have been calibrated for the same number); ``guidance`` its
         classifier-free guidance scale (>= 1); ``noise_scale`` the scale of the noise each sample starts from;
         ``ensemble_decay`` turns temporal ensembling on (see the module; None: the checkpoint's setting);
-        ``stall_steps``, ``stall_tol``, ``stall_noise`` the stall escape (see the module; None: the checkpoint's)."""
+        ``stall_steps``, ``stall_tol``, ``stall_noise`` the stall escape and ``gripper_hold`` the gripper hold
+        (see the module; None: the checkpoint's)."""
         path = checkpoint_folder(path)
         overrides = {} if ddim_steps is None else {"ddim_steps": int(ddim_steps)}
         if guidance is not None:
@@ -124,7 +135,7 @@ class DreamPolicy:
         return cls(model, normalizer, text_encoder or build_text_encoder(config.text_encoder), device,
                    action_horizon=action_horizon, schedule=find_schedule(path, cache), history_cache=history_cache,
                    kv_cache=kv_cache, ensemble_decay=ensemble_decay, stall_steps=stall_steps,
-                   stall_tol=stall_tol, stall_noise=stall_noise)
+                   stall_tol=stall_tol, stall_noise=stall_noise, gripper_hold=gripper_hold)
 
     def set_schedule(self, schedule: CacheSchedule | None, source: str = "cache schedule") -> None:
         """Run the DiT head under ``schedule`` (None: no caching); it must fit this model. A schedule that
@@ -173,6 +184,8 @@ class DreamPolicy:
         self._unstreamed = 0  # frames observed but not yet streamed through the backbone
         self._stream_action: torch.Tensor | None = None  # the newest streamed frame's action features
         self._tcp: deque[np.ndarray] = deque(maxlen=self.stall_steps or 1)  # stall escape: recent TCP positions
+        self._gripper_asked: deque[float] = deque(maxlen=self.gripper_hold or 1)  # gripper hold: recent requests
+        self._gripper_played: float | None = None  # gripper hold: the command played last
 
     def observe(self, obs: dict[str, Any]) -> None:
         """Append one frame (rgb_static, rgb_gripper, robot_obs; other keys are ignored) to the history."""
@@ -264,10 +277,17 @@ class DreamPolicy:
             self._instruction = instruction
         if self.ensemble_decay is not None:
             self._chunks.appendleft(self.sample_chunk(instruction))
-            return ensemble_action(list(self._chunks), self.ensemble_decay)
-        if not self._queue:
-            self._queue.extend(self.sample_chunk(instruction)[: self.action_horizon])
-        return self._queue.popleft()
+            action = ensemble_action(list(self._chunks), self.ensemble_decay)
+        else:
+            if not self._queue:
+                self._queue.extend(self.sample_chunk(instruction)[: self.action_horizon])
+            action = self._queue.popleft()
+        if self.gripper_hold is not None:  # the gripper is the robot's state: held across instructions too
+            self._gripper_asked.append(float(action[GRIPPER_DIM]))
+            self._gripper_played = held_gripper(self._gripper_played, list(self._gripper_asked), self.gripper_hold)
+            action = action.copy()
+            action[GRIPPER_DIM] = self._gripper_played
+        return action
 
 
 def stalled(positions: list[np.ndarray], steps: int, tol: float) -> bool:
@@ -277,6 +297,20 @@ def stalled(positions: list[np.ndarray], steps: int, tol: float) -> bool:
         return False
     points = np.asarray(positions[-steps:], np.float64)
     return bool(np.linalg.norm(points.max(axis=0) - points.min(axis=0)) / 2 <= tol)
+
+
+def held_gripper(played: float | None, asked: list[float], hold: int) -> float:
+    """The gripper command (±1) to play: ``played`` was played last (None: nothing yet, the newest request
+    goes), ``asked`` the policy's latest requests (oldest first). It changes only when the last ``hold``
+    requests all ask for the other state."""
+    if not asked:
+        raise ValueError("held_gripper needs at least the newest request")
+    if played is None:
+        return float(asked[-1])
+    recent = asked[-hold:]
+    if len(recent) == hold and all(np.sign(a) != np.sign(played) for a in recent):
+        return float(asked[-1])
+    return float(played)
 
 
 def ensemble_action(chunks: list[np.ndarray], decay: float) -> np.ndarray:
@@ -309,14 +343,15 @@ def make_checkpoint_policy(ckpt: str | None = None, device: str = "cpu", action_
                            cache: str = "auto", ddim_steps: int | None = None, guidance: float | None = None,
                            noise_scale: float | None = None, ensemble_decay: float | None = None,
                            stall_steps: int | None = None, stall_tol: float | None = None,
-                           stall_noise: float | None = None,
+                           stall_noise: float | None = None, gripper_hold: int | None = None,
                            **_: object) -> DreamPolicy:
     """Registry factory (``policy=checkpoint ckpt=PATH [action_horizon=k] [cache=auto|none|PATH] [ddim_steps=n]
-    [guidance=g] [noise_scale=s] [ensemble_decay=m] [stall_steps=n stall_tol=m stall_noise=s]``)."""
+    [guidance=g] [noise_scale=s] [ensemble_decay=m] [stall_steps=n stall_tol=m stall_noise=s] [gripper_hold=n]``)."""
     if not ckpt:
         raise ValueError("policy=checkpoint needs ckpt=PATH (a checkpoint folder from dream-policy train)")
     torch.set_num_threads(1)  # small networks on a 2-core CPU: threads cost more than they give
     return DreamPolicy.from_checkpoint(ckpt, device, action_horizon=action_horizon, cache=cache,
                                        ddim_steps=ddim_steps, guidance=guidance, noise_scale=noise_scale,
                                        ensemble_decay=ensemble_decay, stall_steps=stall_steps,
-                                       stall_tol=stall_tol, stall_noise=stall_noise)
+                                       stall_tol=stall_tol, stall_noise=stall_noise,
+                                       gripper_hold=gripper_hold)

@@ -380,6 +380,8 @@ def policy_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
         options["ensemble_decay"] = float(cfg["ensemble_decay"])
     if cfg.get("stall_steps") is not None:
         options["stall_steps"] = int(cfg["stall_steps"])
+    if cfg.get("gripper_hold") is not None:
+        options["gripper_hold"] = int(cfg["gripper_hold"])
     for key in ("stall_tol", "stall_noise"):
         if cfg.get(key) is not None:
             options[key] = float(cfg[key])

@@ -146,6 +146,8 @@ def test_policy_options_and_chain_selection(tmp_path):
     assert ev.policy_options({"policy": "checkpoint", "ckpt": "a.pt", "guidance": 2, "ddim_steps": 20,
                               "noise_scale": 0}) == {"ckpt": "a.pt", "guidance": 2.0, "ddim_steps": 20,
                                                      "noise_scale": 0.0}
+    assert ev.policy_options({"policy": "checkpoint", "ckpt": "a.pt", "gripper_hold": 3,
+                              "stall_steps": 8}) == {"ckpt": "a.pt", "gripper_hold": 3, "stall_steps": 8}
     with pytest.raises(ValueError, match="needs ckpt"):
         ev.policy_options({"policy": "checkpoint", "ckpt": None})
     path = tmp_path / "chains.json"

@@ -12,7 +12,7 @@ import torch
 from dream_policy.checkpoint import save_checkpoint
 from dream_policy.data.normalization import Normalizer, clip_actions
 from dream_policy.model import DreamVLA, load_model_config
-from dream_policy.runtime import DreamPolicy, ensemble_action, make_checkpoint_policy, stalled
+from dream_policy.runtime import DreamPolicy, ensemble_action, held_gripper, make_checkpoint_policy, stalled
 
 
 class FakeText:
@@ -447,3 +447,44 @@ def test_the_condition_sink_sees_every_condition_a_chunk_is_sampled_from(checkpo
     torch.testing.assert_close(seen[-1], seen[-2])
     again = recorded.model.sample_actions(seen[-1], torch.Generator().manual_seed(5))[0].numpy()
     np.testing.assert_allclose(chunk, clip_actions(again.astype(np.float64)), atol=1e-6)
+
+
+def test_held_gripper_changes_only_after_hold_requests_for_the_other_state():
+    assert held_gripper(None, [-1.0], 3) == -1.0  # nothing played yet: the newest request goes
+    assert held_gripper(1.0, [1.0, -1.0, -1.0], 3) == 1.0  # two of three: held open
+    assert held_gripper(1.0, [-1.0, -1.0, -1.0], 3) == -1.0  # three in a row: closes
+    assert held_gripper(-1.0, [1.0, 1.0, 1.0, -1.0], 3) == -1.0  # the newest asks to stay closed
+    assert held_gripper(-1.0, [1.0, 1.0], 3) == -1.0  # fewer requests than the hold: unchanged
+    assert held_gripper(1.0, [-1.0], 1) == -1.0  # hold 1: every request goes
+    with pytest.raises(ValueError, match="newest request"):
+        held_gripper(1.0, [], 2)
+
+
+def test_step_holds_the_gripper_across_single_requests_and_instructions(checkpoint):
+    policy = DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), gripper_hold=2, action_horizon=1)
+    requests = iter([1.0, -1.0, 1.0, -1.0, -1.0, 1.0, 1.0])
+    real = policy.sample_chunk
+
+    def sample(instruction, noise=None):
+        chunk = real(instruction, noise).copy()
+        chunk[:, 6] = next(requests)
+        return chunk
+
+    policy.sample_chunk = sample
+    rng = np.random.default_rng(3)
+    played = [policy.step(obs(rng), "open the drawer" if t < 4 else "lift the red block")[6] for t in range(7)]
+    assert played == [1.0, 1.0, 1.0, 1.0, -1.0, -1.0, 1.0]  # single closings ignored, kept across the new instruction
+    policy.reset()
+    policy.sample_chunk = lambda instruction, noise=None: np.tile([0, 0, 0, 0, 0, 0, -1.0], (3, 1))
+    assert policy.step(obs(rng), "open the drawer")[6] == -1.0  # reset forgets what was played
+    assert DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), gripper_hold=1).gripper_hold is None
+    with pytest.raises(ValueError, match="gripper_hold=0 must be an integer >= 1"):
+        DreamPolicy.from_checkpoint(checkpoint, text_encoder=FakeText(), gripper_hold=0)
+
+
+def test_the_checkpoint_can_turn_the_gripper_hold_on(tmp_path):
+    path = tiny_checkpoint_with(tmp_path, gripper_hold=3)
+    assert make_checkpoint_policy(str(path)).gripper_hold == 3
+    assert make_checkpoint_policy(str(path), gripper_hold=1).gripper_hold is None  # 1: off
+    with pytest.raises(ValueError, match="gripper_hold must be null or an integer >= 1"):
+        dataclasses.replace(load_model_config("tiny"), gripper_hold=0)
