@@ -3,7 +3,6 @@
     python scripts/average_weights.py runs/a runs/b --out checkpoints/soup
     python scripts/average_weights.py runs/a runs/b runs/c --weights 2 1 1 --out checkpoints/soup
 
-
 Each argument is a checkpoint folder with ``ema.safetensors``, ``config.yaml`` and ``normalization.json``
 (a step folder or a run's final folder). Every floating-point tensor is averaged; the others must be equal.
 The config and normalisation are copied from the last folder, and the normalisation files must agree (the
@@ -74,8 +73,8 @@ def main() -> None:
     if len(norms) != 1:
         raise SystemExit("the checkpoints' normalization.json differ: they are not fine-tunes of one model")
     try:
-        mixing_weights(args.weights, len(args.ckpts))  # bad weights are refused before any file is read
-        state = average([load_tensors(f, EMA_WEIGHTS) for f in args.ckpts], args.weights)
+        mix = mixing_weights(args.weights, len(args.ckpts))  # bad weights are refused before any file is read
+        state = average([load_tensors(f, EMA_WEIGHTS) for f in args.ckpts], mix)
     except (ValueError, CheckpointError) as err:
         raise SystemExit(f"average_weights: {err}") from None
     if args.out.exists() and any(args.out.iterdir()):
@@ -84,8 +83,8 @@ def main() -> None:
     save_file(state, str(args.out / "ema.safetensors"))
     for name in FILES[1:]:
         shutil.copyfile(args.ckpts[-1] / name, args.out / name)
-    mix = ", ".join(f"{w:.3g}" for w in mixing_weights(args.weights, len(args.ckpts)))
-    print(f"averaged {len(args.ckpts)} checkpoints (weights {mix}; {len(state)} tensors) -> {args.out}")
+    shown = ", ".join(f"{w:.3g}" for w in mix)
+    print(f"averaged {len(args.ckpts)} checkpoints (weights {shown}; {len(state)} tensors) -> {args.out}")
 
 
 if __name__ == "__main__":
