@@ -1,7 +1,9 @@
 """Record scripted-expert play as a CALVIN data set (layout: ``sim/calvin_dataset.py``).
 
 Each episode starts from a random valid scene and chains random feasible tasks; every frame
-is recorded. Episodes are written to ``out/.episodes/ep_XXXX`` (renamed there from
+is recorded. With ``siblings=k`` episodes come in groups of k that share their start scene and begin
+with different tasks (one task in several block colours where the start allows it), so the same first
+frames lead to different blocks only through the instruction. Episodes are written to ``out/.episodes/ep_XXXX`` (renamed there from
 ``ep_XXXX.partial`` when complete), so an interrupted run loses only unfinished episodes;
 the ``training/`` and ``validation/`` split folders are assembled from them at the end.
 """
@@ -46,6 +48,8 @@ EPISODES_DIR = ".episodes"
 SETTINGS_FILE = "settings.json"
 SPLITS = ("training", "validation")
 SPLIT_STREAM = 1  # keeps the split draw independent of the episode seeds (seed, index)
+SIBLING_STREAM = 2  # a sibling group's start scene and first tasks: (seed, SIBLING_STREAM, group)
+BLOCK_COLOURS = ("red", "blue", "pink")
 
 Frame = dict[str, np.ndarray]
 FrameSink = Callable[[int, Frame], None]
@@ -82,11 +86,12 @@ class CollectConfig:
     segment: int = 20  # policy=checkpoint: steps per stretch
     task_steps: int = MAX_TASK_STEPS  # steps before an attempt is given up
     starts: str = "random"  # random: blocks anywhere on their surfaces; calvin: CALVIN's reset states (fresh yaws)
+    siblings: int = 1  # > 1: episodes in groups of this many share their start scene and begin with different tasks
 
     def __post_init__(self) -> None:
         if self.scene not in SCENES:
             raise ValueError(f"collect: scene {self.scene!r} is not one of {list(SCENES)}")
-        for name in ("num_episodes", "episode_len", "workers", "window", "segment", "task_steps"):
+        for name in ("num_episodes", "episode_len", "workers", "window", "segment", "task_steps", "siblings"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"collect: {name} must be an integer >= 1, got {value!r}")
@@ -124,6 +129,8 @@ class CollectConfig:
                             segment=self.segment, task_steps=self.task_steps)
         if self.starts != "random":
             settings["starts"] = self.starts
+        if self.siblings > 1:
+            settings["siblings"] = self.siblings
         return settings
 
     def policy_factory(self) -> PolicyFactory:
@@ -173,6 +180,48 @@ def choose_task(snapshot: Snapshot, cfg: SceneConfig, rng: np.random.Generator) 
     return str(rng.choice(tasks))
 
 
+def colour_template(task: str) -> str | None:
+    """The task's name with its block colour replaced by ``{}`` (``lift_{}_block_table``); None if it names none."""
+    parts = task.split("_")
+    hits = [i for i, part in enumerate(parts) if part in BLOCK_COLOURS]
+    if len(hits) != 1:
+        return None
+    parts[hits[0]] = "{}"
+    return "_".join(parts)
+
+
+def sibling_tasks(feasible: list[str], count: int, rng: np.random.Generator) -> list[str]:
+    """The first tasks of ``count`` sibling episodes that share one start: as many colours of one task as the
+    start allows (the template with the most feasible colours; ties drawn), so that the same frames lead to
+    different blocks only by what the instruction names; then the other colour-naming tasks, then the rest,
+    each group in random order, repeated from the beginning if the start has fewer feasible tasks than
+    ``count``. Any task when none is feasible."""
+    if count < 1:
+        raise ValueError(f"sibling_tasks: count must be >= 1, got {count}")
+    tasks = list(dict.fromkeys(feasible)) or list(task_names())
+    by_template: dict[str, list[str]] = {}
+    for task in tasks:
+        template = colour_template(task)
+        if template is not None:
+            by_template.setdefault(template, []).append(task)
+    order: list[str] = []
+    if by_template:
+        most = max(len(group) for group in by_template.values())
+        widest = sorted(t for t, group in by_template.items() if len(group) == most)
+        chosen = widest[int(rng.integers(len(widest)))]
+        order += [str(t) for t in rng.permutation(by_template[chosen])]
+        named = [t for t in tasks if colour_template(t) is not None and t not in order]
+        order += [str(t) for t in rng.permutation(named)] if named else []
+    rest = [t for t in tasks if t not in order]
+    order += [str(t) for t in rng.permutation(rest)] if rest else []
+    return [order[i % len(order)] for i in range(count)]
+
+
+def sibling_rng(seed: int, group: int) -> np.random.Generator:
+    """The draws a sibling group shares: its start scene, then its first tasks (``sibling_tasks``)."""
+    return np.random.default_rng([seed, SIBLING_STREAM, group])
+
+
 class Rollout:
     """An episode in progress: steps the policy, records each frame, tracks the latest snapshot. It starts
     with the arm at CALVIN's neutral pose in a scene drawn by ``starts``: ``random`` (``sample_scene_obs``:
@@ -180,6 +229,7 @@ class Rollout:
 
     def __init__(self, env: Any, policy: Policy, rng: np.random.Generator, sink: FrameSink,
                  starts: str = "random") -> None:
+        """``rng`` draws the start scene (an episode's own, or its sibling group's: ``sibling_rng``)."""
         self.env, self.policy, self.sink = env, policy, sink
         scene_obs = calvin_start(rng) if starts == "calvin" else sample_scene_obs(rng, env.cfg)
         start = {"robot_obs": default_robot_obs(), "scene_obs": scene_obs}
@@ -220,15 +270,23 @@ def attempt_task(rollout: Rollout, oracle: Oracle, task: str, episode_len: int,
 
 
 def collect_episode(env: Any, policy: Policy, oracle: Oracle, rng: np.random.Generator, sink: FrameSink,
-                    episode_len: int, max_task_steps: int = MAX_TASK_STEPS, starts: str = "random") -> list[Attempt]:
+                    episode_len: int, max_task_steps: int = MAX_TASK_STEPS, starts: str = "random",
+                    sibling: tuple[np.random.Generator, int, int] | None = None) -> list[Attempt]:
     """Play random feasible tasks until ``episode_len`` frames are recorded, from a ``starts`` scene (see
-    ``Rollout``); every attempt made."""
+    ``Rollout``); every attempt made. ``sibling`` = (group rng, group size, place in the group): the start
+    scene comes from the group's rng and the first task is the episode's ``sibling_tasks`` entry, so the
+    episodes of a group share their first frame and differ in what they are asked to do first."""
     sentences = training_sentences()
-    rollout = Rollout(env, policy, rng, sink, starts)
+    rollout = Rollout(env, policy, rng if sibling is None else sibling[0], sink, starts)
+    first = None
+    if sibling is not None:
+        group_rng, size, place = sibling
+        first = sibling_tasks(feasible_tasks(symbolic_state(rollout.snapshot, env.cfg)), size, group_rng)[place]
     relabelled = hasattr(policy, "label")
     attempts = []
     while rollout.frame < episode_len:
-        task, start = choose_task(rollout.snapshot, env.cfg, rng), rollout.frame
+        start = rollout.frame
+        task = first if first is not None and not attempts else choose_task(rollout.snapshot, env.cfg, rng)
         if relabelled:  # a learner drives: it is told a sentence, as in evaluation, not the task's name
             sentence = str(rng.choice(sentences[task]))
             succeeded = attempt_task(rollout, oracle, task, episode_len, max_task_steps, instruction=sentence)
@@ -274,8 +332,11 @@ def record_episode(index: int, config: CollectConfig, env: Any, policy_factory: 
     rng = episode_rng(config.seed, index)
     policy = policy_factory(config.scene, int(rng.integers(2**31)), config.action_noise)
     writer = EpisodeWriter(partial)
+    sibling = None
+    if config.siblings > 1:
+        sibling = (sibling_rng(config.seed, index // config.siblings), config.siblings, index % config.siblings)
     writer.finish(collect_episode(env, policy, oracle, rng, writer, config.episode_len, config.task_steps,
-                                  config.starts))
+                                  config.starts, sibling))
     os.replace(partial, final)
     return final
 
@@ -343,8 +404,15 @@ def run_episodes(config: CollectConfig, indices: list[int], policy_factory: Poli
 
 # ---- assembling the split folders -------------------------------------------------------------
 
-def split_episodes(num_episodes: int, validation_fraction: float, seed: int) -> dict[str, list[int]]:
-    """Episode indices per split: ``validation_fraction`` (>= 1 when there are 2+) go to validation."""
+def split_episodes(num_episodes: int, validation_fraction: float, seed: int,
+                   group: int = 1) -> dict[str, list[int]]:
+    """Episode indices per split: ``validation_fraction`` (>= 1 when there are 2+) go to validation. With
+    ``group`` > 1 (sibling episodes, which share their first frame) whole groups of consecutive indices are
+    split, so no start is seen in both splits."""
+    if group > 1:
+        groups = split_episodes(-(-num_episodes // group), validation_fraction, seed)
+        return {split: [i for g in members for i in range(g * group, min((g + 1) * group, num_episodes))]
+                for split, members in groups.items()}
     n_val = min(max(round(validation_fraction * num_episodes), 1), num_episodes - 1) if num_episodes >= 2 else 0
     rng = np.random.default_rng([seed, SPLIT_STREAM])
     validation = sorted(int(i) for i in rng.choice(num_episodes, n_val, replace=False))
@@ -437,7 +505,7 @@ def collect(config: CollectConfig, policy_factory: PolicyFactory | None = None,
     pending = [i for i in range(config.num_episodes) if not episode_dir(out, i).is_dir()]
     if pending:
         run_episodes(config, pending, policy_factory or config.policy_factory(), oracle)
-    splits = split_episodes(config.num_episodes, config.validation_fraction, config.seed)
+    splits = split_episodes(config.num_episodes, config.validation_fraction, config.seed, config.siblings)
     stats = statistics(out, splits["training"])  # both splits normalise with the training statistics
     embed = embed or embed_sentences
     return {split: assemble_split(config, split, splits[split], stats, embed) for split in SPLITS}

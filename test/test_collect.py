@@ -16,9 +16,11 @@ from sim.collect import (
     collect,
     collect_command,
     collect_episode,
+    colour_template,
     episode_dir,
     label_span,
     sent_action,
+    sibling_tasks,
     split_episodes,
 )
 from sim.scene_reading import feasible_tasks, symbolic_state
@@ -219,6 +221,48 @@ def test_the_start_kind_is_an_episode_setting(tmp_path):
         collect(config(tmp_path, num_episodes=1, starts="calvin"), wiggle_policy, EveryThirdStep(), fake_embed)
 
 
+def test_colour_template_names_the_block_colour_only():
+    assert colour_template("lift_red_block_table") == "lift_{}_block_table"
+    assert colour_template("push_pink_block_left") == "push_{}_block_left"
+    assert colour_template("open_drawer") is None and colour_template("stack_block") is None
+
+
+def test_sibling_tasks_put_one_task_in_every_feasible_colour_first():
+    feasible = ["open_drawer", "lift_blue_block_table", "push_red_block_left", "lift_red_block_table",
+                "lift_pink_block_table", "rotate_red_block_right", "turn_on_led"]
+    tasks = sibling_tasks(feasible, 5, np.random.default_rng(0))
+    assert sorted(tasks[:3]) == ["lift_blue_block_table", "lift_pink_block_table", "lift_red_block_table"]
+    assert set(tasks[3:]) <= {"push_red_block_left", "rotate_red_block_right"} and len(set(tasks[3:])) == 2
+    assert tasks == sibling_tasks(feasible, 5, np.random.default_rng(0))  # the group's rng decides
+    everything = sibling_tasks(feasible, 9, np.random.default_rng(1))
+    assert set(everything[:7]) == set(feasible) and everything[7:] == everything[:2]  # repeats when short
+    assert set(sibling_tasks(["open_drawer", "turn_on_led"], 2, np.random.default_rng(0))) == {"open_drawer",
+                                                                                              "turn_on_led"}
+    assert len(sibling_tasks([], 3, np.random.default_rng(0))) == 3  # nothing feasible: any task
+    with pytest.raises(ValueError, match="count"):
+        sibling_tasks(feasible, 0, np.random.default_rng(0))
+
+
+def test_sibling_episodes_share_their_start_and_differ_in_their_first_task(tmp_path):
+    cfg = config(tmp_path, num_episodes=4, siblings=3, starts="calvin")
+    assert cfg.episode_settings()["siblings"] == 3 and "siblings" not in config(tmp_path).episode_settings()
+    collect(cfg, wiggle_policy, EveryThirdStep(), fake_embed)
+    out = Path(cfg.out)
+    first = [np.load(frame_file(episode_dir(out, i), 0)) for i in range(4)]
+    tasks = [json.loads((episode_dir(out, i) / "episode.json").read_text())["attempts"][0]["task"]
+             for i in range(4)]
+    for sibling in first[1:3]:
+        np.testing.assert_array_equal(sibling["scene_obs"], first[0]["scene_obs"])
+        np.testing.assert_array_equal(sibling["rgb_static"], first[0]["rgb_static"])
+    assert len(set(tasks[:3])) == 3  # one start, three different first tasks
+    assert not np.allclose(first[3]["scene_obs"], first[0]["scene_obs"])  # the next group starts elsewhere
+    splits = split_episodes(4, 0.34, cfg.seed, group=3)
+    assert splits["validation"] in ([0, 1, 2], [3])  # a group is never split
+    with pytest.raises(ValueError, match="siblings"):  # resuming with another grouping is refused
+        collect(config(tmp_path, num_episodes=4, siblings=2, starts="calvin"), wiggle_policy, EveryThirdStep(),
+                fake_embed)
+
+
 def test_single_episode_gives_an_empty_validation_split(tmp_path):
     folders = collect(config(tmp_path, num_episodes=1), wiggle_policy, EveryThirdStep(), fake_embed)
     val = CalvinDataset(folders["validation"])
@@ -244,6 +288,7 @@ def test_split_sizes(n, fraction, n_val):
     ({"validation_fraction": 1.0}, "validation_fraction"),
     ({"speed": 3}, "unknown config keys"),
     ({"starts": "anywhere"}, "starts must be one of"),
+    ({"siblings": 0}, "siblings"),
 ])
 def test_bad_config_is_rejected(tmp_path, overrides, message):
     cfg = {**CollectConfig().__dict__, "out": str(tmp_path), **overrides}
