@@ -190,12 +190,18 @@ def colour_template(task: str) -> str | None:
     return "_".join(parts)
 
 
+def task_colour(task: str) -> str | None:
+    """The one block colour a task's name contains (``lift_red_block_table``: red), else None."""
+    named = [part for part in task.split("_") if part in BLOCK_COLOURS]
+    return named[0] if len(named) == 1 else None
+
+
 def sibling_tasks(feasible: list[str], count: int, rng: np.random.Generator) -> list[str]:
-    """The first tasks of ``count`` sibling episodes that share one start: as many colours of one task as the
-    start allows (the template with the most feasible colours; ties drawn), so that the same frames lead to
-    different blocks only by what the instruction names; then the other colour-naming tasks, then the rest,
-    each group in random order, repeated from the beginning if the start has fewer feasible tasks than
-    ``count``. Any task when none is feasible."""
+    """The first tasks of ``count`` sibling episodes that share one start, so that the same frames lead to
+    different blocks only by what the instruction names: one task in as many colours as the start allows
+    (the template with the most feasible colours, ties drawn), then the other colour-naming tasks, each next
+    one naming the colour named least so far (ties drawn), then the rest in random order; repeated from the
+    beginning if the start has fewer feasible tasks than ``count``. Any task when none is feasible."""
     if count < 1:
         raise ValueError(f"sibling_tasks: count must be >= 1, got {count}")
     tasks = list(dict.fromkeys(feasible)) or list(task_names())
@@ -210,8 +216,14 @@ def sibling_tasks(feasible: list[str], count: int, rng: np.random.Generator) -> 
         widest = sorted(t for t, group in by_template.items() if len(group) == most)
         chosen = widest[int(rng.integers(len(widest)))]
         order += [str(t) for t in rng.permutation(by_template[chosen])]
-        named = [t for t in tasks if colour_template(t) is not None and t not in order]
-        order += [str(t) for t in rng.permutation(named)] if named else []
+        named = [str(t) for t in rng.permutation([t for t in tasks if colour_template(t) is not None
+                                                  and t not in order])]
+        uses = {colour: sum(task_colour(t) == colour for t in order) for colour in BLOCK_COLOURS}
+        while named:  # the least named colour next; the random order above breaks ties
+            task = min(named, key=lambda t: uses[task_colour(t)])
+            named.remove(task)
+            order.append(task)
+            uses[task_colour(task)] += 1
     rest = [t for t in tasks if t not in order]
     order += [str(t) for t in rng.permutation(rest)] if rest else []
     return [order[i % len(order)] for i in range(count)]

@@ -22,6 +22,7 @@ from sim.collect import (
     sent_action,
     sibling_tasks,
     split_episodes,
+    task_colour,
 )
 from sim.scene_reading import feasible_tasks, symbolic_state
 from sim.state_sampler import default_robot_obs
@@ -239,6 +240,12 @@ def test_sibling_tasks_put_one_task_in_every_feasible_colour_first():
     assert set(sibling_tasks(["open_drawer", "turn_on_led"], 2, np.random.default_rng(0))) == {"open_drawer",
                                                                                               "turn_on_led"}
     assert len(sibling_tasks([], 3, np.random.default_rng(0))) == 3  # nothing feasible: any task
+    # one block per place: no task has two colours, so the next siblings name the colours not named yet
+    spread = ["lift_pink_block_table", "push_pink_block_left", "rotate_pink_block_right", "lift_red_block_slider",
+              "lift_blue_block_drawer", "open_drawer"]
+    for seed in range(10):
+        first = sibling_tasks(spread, 3, np.random.default_rng(seed))
+        assert {task_colour(t) for t in first} == {"pink", "red", "blue"}
     with pytest.raises(ValueError, match="count"):
         sibling_tasks(feasible, 0, np.random.default_rng(0))
 
