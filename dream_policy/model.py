@@ -74,6 +74,11 @@ class DreamVLAConfig:
     # targets): the first head of the static view's instruction query is trained to attend to the patches that
     # show the block the task names (cross-entropy to the block's pixel share per patch, current frame)
     ground_weight: float = 0.0
+    # per-timestep action loss (training only; 0: the last timestep alone, as before): every earlier timestep
+    # of the history window also predicts its own frame's action chunk from the frames up to it (block-causal
+    # time), as DreamVLA and Seer train; timestep 0 sees one frame, so no motion in the history says where the
+    # arm is heading. The term is the DiT's noise MSE over those timesteps (the batch's ``actions_history``)
+    dense_action_weight: float = 0.0
     cfg_dropout: float = 0.1  # probability of the null condition in training
     train_steps: int = 100  # DDPM steps
     ddim_steps: int = 10
@@ -115,7 +120,7 @@ class DreamVLAConfig:
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"DreamVLAConfig.text_encoder {self.text_encoder!r} is not one of "
                              f"{sorted(TEXT_ENCODERS)}")
-        for kind in ("action", *WORLD_KINDS, "colour", "block", "ground"):
+        for kind in ("action", *WORLD_KINDS, "colour", "block", "ground", "dense_action"):
             weight = getattr(self, f"{kind}_weight")
             if not isinstance(weight, (int, float)) or weight < 0:
                 raise ValueError(f"DreamVLAConfig.{kind}_weight must be a number >= 0, got {weight!r}")
@@ -323,15 +328,21 @@ class DreamVLA(nn.Module):
         groups["action"] = self.action_queries.expand(B, T, -1, -1)  # (B, T, A, D)
         return torch.cat([groups[g.name] for g in self.layout.groups], dim=2)  # (B, T, P, D)
 
-    def features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Backbone features of the last timestep per query group: {group: (B, size, D)}."""
-        last = self.backbone(self.tokens(batch))[:, -1]  # (B, P, D)
-        return {name: last[:, self.layout.step_slice(name)] for name in (*WORLD_KINDS, "action")}
+    def features(self, batch: dict[str, Any], earlier_actions: bool = False) -> dict[str, torch.Tensor]:
+        """Backbone features of the last timestep per query group: {group: (B, size, D)}; with
+        ``earlier_actions`` also "earlier_action" (B, T - 1, A, D): the action queries of the earlier timesteps."""
+        out = self.backbone(self.tokens(batch))  # (B, T, P, D)
+        last = out[:, -1]  # (B, P, D)
+        feats = {name: last[:, self.layout.step_slice(name)] for name in (*WORLD_KINDS, "action")}
+        if earlier_actions:
+            feats["earlier_action"] = out[:, :-1, self.layout.step_slice("action")]
+        return feats
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         frames = batch.get("frame_tokens") or self.encode_frames(batch.get("history", batch))
-        feats = self.features({**batch, "frame_tokens": frames})
+        dense = cfg.dense_action_weight > 0
+        feats = self.features({**batch, "frame_tokens": frames}, earlier_actions=dense)
         actions = batch["actions"]  # (B, chunk, 7)
         B = actions.shape[0]
         drop = torch.rand(B, device=actions.device) < (cfg.cfg_dropout if self.training else 0.0)  # (B,)
@@ -341,6 +352,8 @@ class DreamVLA(nn.Module):
         noisy = self.schedule.add_noise(actions, noise, t)
         pred = self.dit(noisy, t, cond)  # (B, chunk, 7)
         terms = {"action": F.mse_loss(pred, noise)}
+        if dense:
+            terms.update(self._earlier_actions(batch, feats["earlier_action"]))
         terms.update(self.world_heads(feats, batch.get("targets", {}), batch.get("has_target", {})))
         if cfg.colour_weight > 0:
             terms.update(self._colour_contrast(batch, frames, drop, noisy, t, pred, noise))
@@ -350,11 +363,34 @@ class DreamVLA(nn.Module):
             terms.update(self._grounding(batch, frames))
         loss = sum(getattr(cfg, f"{name}_weight") * value for name, value in terms.items())
         extra = (*(("colour",) if cfg.colour_weight > 0 else ()), *(("block",) if self.block_head is not None else ()),
-                 *(("ground",) if cfg.ground_weight > 0 else ()))
+                 *(("ground",) if cfg.ground_weight > 0 else ()), *(("dense_action",) if dense else ()))
         info = {name: float(terms[name].detach()) if name in terms else 0.0
                 for name in ("action", *WORLD_KINDS, *extra)}
         info.update(loss=float(loss.detach()), world_terms=float(sum(kind in terms for kind in WORLD_KINDS)))
         return loss, info
+
+    def _earlier_actions(self, batch: dict[str, Any], earlier: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"dense_action": the DiT's noise MSE at the earlier timesteps} from their action-query features
+        ``earlier`` (B, T - 1, A, D) and the batch's ``actions_history`` (B, T, chunk, 7), each timestep
+        with its own condition dropout, noise and diffusion step; {} for a window of one timestep."""
+        if "actions_history" not in batch:
+            raise KeyError("dense_action_weight > 0 needs the batch's 'actions_history' (B, history, chunk, 7): "
+                           "the action chunk of every history frame, which the packed and streaming data sets give")
+        B, steps = earlier.shape[:2]
+        target = batch["actions_history"].to(earlier)
+        want = (B, steps + 1, self.config.chunk, self.config.action_dim)
+        if tuple(target.shape) != want:
+            raise ValueError(f"actions_history must be (B, history, chunk, 7) = {want}, got {tuple(target.shape)}")
+        if steps == 0:
+            return {}
+        actions = target[:, :-1].flatten(0, 1)  # (B * (T - 1), chunk, 7)
+        n = actions.shape[0]
+        drop = torch.rand(n, device=actions.device) < (self.config.cfg_dropout if self.training else 0.0)
+        cond = self.dit.mask_condition(earlier.flatten(0, 1), drop)
+        noise = torch.randn_like(actions)
+        t = torch.randint(0, self.config.train_steps, (n,), device=actions.device)
+        pred = self.dit(self.schedule.add_noise(actions, noise, t), t, cond)
+        return {"dense_action": F.mse_loss(pred, noise)}
 
     def _block_target(self, batch: dict[str, Any], action_feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"block": MSE of the named block's offset predicted from the action queries' features (B, A, D)}

@@ -205,6 +205,9 @@ def test_samples_match_the_stored_frames(split: Path) -> None:
         assert max(WINDOWS[a][0], EPISODES[ep][0]) <= t - 2 and t + 3 <= min(WINDOWS[a][1], EPISODES[ep][1])
         want = np.stack([stored(split, i, "rel_actions") for i in range(t, t + 4)]).astype(np.float32)
         assert s["actions"].dtype == torch.float32 and np.array_equal(s["actions"].numpy(), want)
+        earlier = np.stack([[stored(split, i, "rel_actions") for i in range(f, f + 4)] for f in range(t - 2, t + 1)])
+        assert s["actions_history"].shape == (3, 4, 7)  # every history frame's own chunk, the anchor's last
+        assert np.array_equal(s["actions_history"].numpy(), earlier.astype(np.float32))
         h = s["history"]
         assert h["rgb_static"].shape == (3, 3, 200, 200) and h["rgb_static"].dtype == torch.uint8
         assert h["rgb_gripper"].shape == (3, 3, 84, 84)

@@ -79,6 +79,8 @@ def test_packed_samples_equal_the_streamed_samples_resized(source: Path, packed:
         assert (a["frame_id"], a["episode"], a["ann_index"]) == (b["frame_id"], b["episode"], b["ann_index"])
         torch.testing.assert_close(b["lang_emb"], a["lang_emb"])
         torch.testing.assert_close(b["actions"], a["actions"])
+        torch.testing.assert_close(b["actions_history"], a["actions_history"])
+        torch.testing.assert_close(a["actions_history"][-1], a["actions"])  # the anchor's chunk is the last row
         torch.testing.assert_close(b["history"]["robot_obs"], a["history"]["robot_obs"], rtol=1e-5, atol=1e-5)
         for key in ("rgb_static", "rgb_gripper"):
             want = resize_images(a["history"][key].permute(0, 2, 3, 1).numpy(), IMAGE)  # (T, S, S, 3)
@@ -155,6 +157,8 @@ def test_padded_history_repeats_the_window_start_frame(packed: Path) -> None:
     for key in ("rgb_static", "robot_obs"):
         history = batch["history"][key]  # (B, H, ...): every frame the anchor's own
         assert all(torch.equal(history[:, k], history[:, -1]) for k in range(history.shape[1]))
+    chunks = batch["actions_history"]  # a padded frame's chunk is its window start's, like its image
+    assert all(torch.equal(chunks[:, k], batch["actions"]) for k in range(chunks.shape[1]))
     later = int(np.flatnonzero(padded.samples[:, 0] - starts[padded.samples[:, 2]] >= WINDOW["history"])[0])
     same = int(np.flatnonzero((plain.samples == padded.samples[later]).all(axis=1))[0])
     torch.testing.assert_close(padded[later]["history"]["robot_obs"], plain[same]["history"]["robot_obs"])

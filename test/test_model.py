@@ -112,6 +112,44 @@ def test_overfit_one_batch_reduces_action_loss(tiny):
     assert after < 0.7 * before
 
 
+def test_earlier_timesteps_learn_their_own_chunks(tiny):
+    cfg = dataclasses.replace(tiny, dense_action_weight=0.5)
+    torch.manual_seed(0)
+    model = DreamVLA(cfg).eval()  # no condition dropout or augmentation: the terms are reproducible
+    with torch.no_grad():  # the DiT's zero-initialised gates would hide the condition from its output
+        for p in model.dit.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    batch = random_batch(cfg, b=2, targets=False, size=(64, 64))
+    history = torch.rand(2, cfg.backbone.history, cfg.chunk, 7) * 2 - 1
+    batch["actions_history"] = history
+
+    def terms(b: dict) -> dict:
+        torch.manual_seed(3)
+        return model(b)[1]
+
+    info = terms(batch)
+    assert info["dense_action"] > 0
+    assert math.isclose(info["loss"], info["action"] + 0.5 * info["dense_action"], rel_tol=1e-5)
+    last_frame = {**batch, "rgb_static": batch["rgb_static"].clone(), "actions_history": history.clone()}
+    last_frame["rgb_static"][:, -1] = 255 - last_frame["rgb_static"][:, -1]
+    last_frame["actions_history"][:, -1] = 0.0
+    changed = terms(last_frame)  # block-causal time: the earlier timesteps never see the newest frame
+    assert changed["dense_action"] == pytest.approx(info["dense_action"], rel=1e-6, abs=0)
+    assert changed["action"] != pytest.approx(info["action"], rel=1e-5, abs=0)
+    first = {**batch, "rgb_static": batch["rgb_static"].clone()}
+    first["rgb_static"][:, 0] = 255 - first["rgb_static"][:, 0]  # the oldest frame conditions every timestep
+    assert terms(first)["dense_action"] != pytest.approx(info["dense_action"], rel=1e-5, abs=0)
+    targets = {**batch, "actions_history": history.clone()}
+    targets["actions_history"][:, 0] = -targets["actions_history"][:, 0]
+    assert terms(targets)["dense_action"] != pytest.approx(info["dense_action"], rel=1e-5, abs=0)
+    with pytest.raises(KeyError, match="actions_history"):
+        model({k: v for k, v in batch.items() if k != "actions_history"})
+    with pytest.raises(ValueError, match="actions_history must be"):
+        model({**batch, "actions_history": history[:, :2]})
+    assert "dense_action" not in DreamVLA(tiny)(batch)[1]  # off by default: the batch's extra key is unused
+
+
 def test_predict_chunk_shape_and_determinism(tiny):
     torch.manual_seed(0)
     model = DreamVLA(tiny).eval()
@@ -269,7 +307,7 @@ def test_language_query_looks_where_its_key_matches():
     ({"noise_scale": -0.5}, "noise_scale.*-0.5"), ({"block_weight": -1}, "block_weight.*-1"),
     ({"action_horizon": 4}, r"action_horizon.*chunk=3.*4"), ({"action_horizon": 0}, "action_horizon.*0"),
     ({"action_horizon": 1.5}, "action_horizon.*1.5"), ({"lang_query": 3}, "lang_query.*width=128.*3"),
-    ({"lang_query": -1}, "lang_query.*-1"),
+    ({"lang_query": -1}, "lang_query.*-1"), ({"dense_action_weight": -0.1}, "dense_action_weight.*-0.1"),
 ])
 def test_config_errors_name_the_value(tiny, change, match):
     with pytest.raises(ValueError, match=match):

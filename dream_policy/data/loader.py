@@ -13,6 +13,8 @@ One sample (``default_collate`` batches these dicts)::
     history       {key: (history, ...)}       observation features: images uint8 (C, H, W),
                                               robot_obs float32 normalised
     actions       (chunk, 7) float32          rel_actions of frames t..t+chunk-1, clipped
+    actions_history (history, chunk, 7)       the same chunk for every history frame (the last row
+                                              is ``actions``), for the per-timestep action loss
     targets       {name: array}               at t+forecast_n: depth_<cam> float32 (H, W),
                                               seg_<cam> uint8 (H, W), dynamic_<cam> bool (H, W)
     has_target    {name: bool}                for every name in TARGET_NAMES; absent targets
@@ -203,7 +205,7 @@ class CalvinWindowDataset(IterableDataset):
         needs: dict[int, set[str]] = {}
         for i in self.spec.history_ids(t):
             needs.setdefault(int(i), set()).update(self.observation_keys)
-        for i in self.spec.action_ids(t):
+        for i in np.unique(self.spec.history_action_ids(t)):
             needs.setdefault(int(i), set()).add(ACTION_KEY)
         future = t + self.spec.forecast_n
         for name in self.target_names:
@@ -224,8 +226,10 @@ class CalvinWindowDataset(IterableDataset):
         if self.lang_emb is not None and ann != NO_ANN:
             out["lang_emb"] = torch.from_numpy(self.lang_emb[ann].copy())
         out["history"] = self._history(frames, t)
-        actions = np.stack([frames[int(i)][ACTION_KEY] for i in self.spec.action_ids(t)]).astype(np.float32)
-        out["actions"] = torch.from_numpy(clip_actions(actions))
+        ids = self.spec.history_action_ids(t)  # (history, chunk)
+        actions = np.stack([[frames[int(i)][ACTION_KEY] for i in row] for row in ids]).astype(np.float32)
+        out["actions_history"] = torch.from_numpy(clip_actions(actions))
+        out["actions"] = out["actions_history"][-1].clone()
         out["targets"] = self._targets(frames, t)
         out["has_target"] = {n: n in out["targets"] for n in TARGET_NAMES}
         return out

@@ -462,6 +462,8 @@ class PackedWindowDataset(Dataset):
                 if GROUND_SEG in arrays:  # where the named block is in the current static image
                     out["named_mask_static"] = named_block_mask(self._take(arrays[GROUND_SEG], rows), block)
         out["history"] = history
+        history_acts = hist[:, :, None] + torch.arange(spec.chunk, device=self.device)  # (B, H, chunk)
+        out["actions_history"] = clip_actions(self._take(arrays[ACTION_KEY], history_acts))  # (B, H, chunk, 7)
         out["actions"] = clip_actions(self._take(arrays[ACTION_KEY], acts))
         future = rows + spec.forecast_n  # depth and segmentation of the forecast frame; a dynamic
         out["targets"] = {name: self._take(arrays[name], rows if name.startswith("dynamic_") else future)

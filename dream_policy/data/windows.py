@@ -48,6 +48,10 @@ class WindowSpec:
     def action_ids(self, t: int) -> np.ndarray:
         return np.arange(t, t + self.chunk)
 
+    def history_action_ids(self, t: int) -> np.ndarray:
+        """(history, chunk): the action chunk of every history frame (the last row is ``action_ids(t)``)."""
+        return self.history_ids(t)[:, None] + np.arange(self.chunk)
+
     def forecast_id(self, t: int) -> int | None:
         return t + self.forecast_n if self.forecast_n else None
 
