@@ -3,8 +3,8 @@
 Each episode starts from a random valid scene and chains random feasible tasks; every frame
 is recorded. With ``siblings=k`` episodes come in groups of k that share their start scene and begin
 with different tasks (one task in several block colours where the start allows it), so the same first
-frames lead to different blocks only through the instruction. Episodes are written to ``out/.episodes/ep_XXXX`` (renamed there from
-``ep_XXXX.partial`` when complete), so an interrupted run loses only unfinished episodes;
+frames lead to different blocks only through the instruction. Episodes are written to
+``out/.episodes/ep_XXXX`` (renamed there from ``ep_XXXX.partial`` when complete), so an interrupted run loses only unfinished episodes;
 the ``training/`` and ``validation/`` split folders are assembled from them at the end.
 """
 
@@ -180,20 +180,16 @@ def choose_task(snapshot: Snapshot, cfg: SceneConfig, rng: np.random.Generator) 
     return str(rng.choice(tasks))
 
 
-def colour_template(task: str) -> str | None:
-    """The task's name with its block colour replaced by ``{}`` (``lift_{}_block_table``); None if it names none."""
-    parts = task.split("_")
-    hits = [i for i, part in enumerate(parts) if part in BLOCK_COLOURS]
-    if len(hits) != 1:
-        return None
-    parts[hits[0]] = "{}"
-    return "_".join(parts)
-
-
 def task_colour(task: str) -> str | None:
     """The one block colour a task's name contains (``lift_red_block_table``: red), else None."""
     named = [part for part in task.split("_") if part in BLOCK_COLOURS]
     return named[0] if len(named) == 1 else None
+
+
+def colour_template(task: str) -> str | None:
+    """The task's name with its block colour replaced by ``{}`` (``lift_{}_block_table``); None if it names none."""
+    colour = task_colour(task)
+    return None if colour is None else "_".join("{}" if part == colour else part for part in task.split("_"))
 
 
 def sibling_tasks(feasible: list[str], count: int, rng: np.random.Generator) -> list[str]:
