@@ -78,7 +78,7 @@ class TimestepEmbedder(nn.Module):
         )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.dim))  # (B, C)
+        return self.mlp(timestep_embedding(t, self.dim).to(self.mlp[0].weight.dtype))  # (B, C), the weights' dtype
 
 
 class Attention(nn.Module):

@@ -470,7 +470,7 @@ class DreamVLA(nn.Module):
                        block_hook: Any = None, noise_scale: float | None = None, head: DiT | None = None,
                        grad: bool = False) -> torch.Tensor:
         """The DiT head alone: DDIM from noise to an action chunk (B, chunk, 7) given cond (B, A, D),
-        starting from ``noise_scale`` (None: the config's) times unit noise. ``head`` samples with another
+        starting from ``noise_scale`` (None: the config's) times unit noise in cond's dtype. ``head`` samples with another
         DiT of the same shape instead of ``self.dit``; ``grad`` keeps the caller's grad mode (else no_grad)."""
         cfg = self.config
         head = self.dit if head is None else head
@@ -481,6 +481,6 @@ class DreamVLA(nn.Module):
             model_fn, on_step = hooked_model_fn(head, block_hook), block_hook.start_step
         return self.schedule.ddim_sample(model_fn, (cond.shape[0], cfg.chunk, cfg.action_dim), cond,
                                          steps=cfg.ddim_steps, guidance=cfg.guidance, generator=generator,
-                                         clip_sample=cfg.clip_sample, on_step=on_step,
+                                         clip_sample=cfg.clip_sample, on_step=on_step, dtype=cond.dtype,
                                          noise_scale=cfg.noise_scale if noise_scale is None else noise_scale,
                                          grad=grad)

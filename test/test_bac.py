@@ -3,6 +3,7 @@ forward against the uncached one, schedule files and mismatches."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -190,20 +191,25 @@ def per_branch_sample(model, cond, hook, seed):
     generator = torch.Generator().manual_seed(seed)
     return model.schedule.ddim_sample(lambda x, t, c: hooked(x, t, c), shape, cond, steps=cfg.ddim_steps,
                                       guidance=cfg.guidance, on_step=hook.start_step, generator=generator,
-                                      clip_sample=cfg.clip_sample)
+                                      clip_sample=cfg.clip_sample, dtype=cond.dtype)
 
 
 @pytest.mark.parametrize("mode", ["none", "uniform", "bac"])
 @pytest.mark.parametrize("reuse", ["regate", "increment"])
 def test_batched_branches_cache_like_separate_calls(tiny_model, stats, mode, reuse):
     """Both guidance branches in one DiT call, one cache entry holding both: the same actions (up to
-    rounding) and the same counts as one call and one cache entry per branch."""
+    rounding) and the same counts as one call and one cache entry per branch. Compared in float64: in
+    float32 a batched and a per-branch matmul round differently (~1e-5 after ten cached steps, and by
+    CPU), which would hide a real mismatch of that size."""
     schedule = schedule_for(tiny_model, mode, stats, budget=3, reuse=reuse)
-    cond = tiny_model.features(random_batch(tiny_model.config, b=2))["action"]
+    model = copy.deepcopy(tiny_model).double()
+    with torch.no_grad():
+        cond = tiny_model.features(random_batch(tiny_model.config, b=2))["action"].double()
     batched, separate = CachedBlocks(schedule), CachedBlocks(schedule)
-    out = tiny_model.sample_actions(cond, torch.Generator().manual_seed(4), batched)
-    reference = per_branch_sample(tiny_model, cond, separate, seed=4)
-    assert torch.allclose(out, reference, rtol=0, atol=1e-5), (out - reference).abs().max()
+    out = model.sample_actions(cond, torch.Generator().manual_seed(4), batched)
+    reference = per_branch_sample(model, cond, separate, seed=4)
+    assert out.dtype == torch.float64
+    assert torch.allclose(out, reference, rtol=0, atol=1e-10), (out - reference).abs().max()
     assert (batched.computed, batched.reused) == (separate.computed, separate.reused)
     assert {branches for branches, _, _ in batched.cache} == {(0, 1)}
     assert {branches for branches, _, _ in separate.cache} == {(0,), (1,)}
