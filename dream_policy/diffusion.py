@@ -60,13 +60,14 @@ def ddim_timesteps(train_steps: int, steps: int) -> list[int]:
     return [round(train_steps - i * ratio) - 1 for i in range(steps)]
 
 
-def _randn(
+def randn(
     shape: tuple[int, ...],
     generator: torch.Generator | None,
     device: torch.device | str,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device (so a CPU generator seeds GPU runs too)."""
+    """Standard normal noise drawn on the generator's device (so a CPU generator seeds GPU runs too);
+    ``ddim_sample``'s starting noise, so a caller that draws it itself (``noise=``) draws the same."""
     noise_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=noise_device, dtype=dtype).to(device)
 
@@ -115,6 +116,7 @@ class DiffusionSchedule:
         clip_sample: float | None = None,
         noise_scale: float = 1.0,
         grad: bool = False,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoise pure noise of ``shape`` (B, ...) into a sample (B, ...) with DDIM.
 
@@ -131,6 +133,9 @@ class DiffusionSchedule:
         (x - sqrt(1 - abar) eps) / sqrt(abar) amplifies any error in eps without bound.
         ``noise_scale`` scales the starting noise (a sampling temperature: 0 starts every sample from zeros,
         so with ``eta`` 0 the sample is a deterministic function of the condition).
+        ``noise`` (``shape``) is the starting sample itself, drawn and scaled by the caller (then neither
+        ``generator`` nor ``noise_scale`` is used for it): rows batched from callers that each keep their
+        own generator (``dream_policy.policy_batch``).
         """
         if guidance < 1.0:
             raise ValueError(f"guidance must be >= 1.0 (1.0 = conditional only), got {guidance!r}")
@@ -145,7 +150,12 @@ class DiffusionSchedule:
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             if device is None:
                 device = cond.device if isinstance(cond, torch.Tensor) else "cpu"
-            x = _randn(shape, generator, device, dtype) * noise_scale  # (B, ...)
+            if noise is None:
+                x = randn(shape, generator, device, dtype) * noise_scale  # (B, ...)
+            elif tuple(noise.shape) != tuple(shape):
+                raise ValueError(f"noise has shape {tuple(noise.shape)}, the sample {tuple(shape)}")
+            else:
+                x = noise.to(device=device, dtype=dtype)
             timesteps = ddim_timesteps(self.train_steps, steps)
             if isinstance(model_fn, PreparedModel):
                 step_fn = model_fn.prepare_sampling(cond, timesteps, shape[0], guidance != 1.0)
@@ -179,7 +189,7 @@ class DiffusionSchedule:
         sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
         x_prev = x0_pred.mul_(math.sqrt(abar_prev)).add_(eps, alpha=math.sqrt(max(1 - abar_prev - sigma**2, 0.0)))
         if sigma > 0:
-            x_prev = x_prev + sigma * _randn(x.shape, generator, x.device, x.dtype)
+            x_prev = x_prev + sigma * randn(x.shape, generator, x.device, x.dtype)
         return x_prev
 
 

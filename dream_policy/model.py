@@ -468,10 +468,11 @@ class DreamVLA(nn.Module):
 
     def sample_actions(self, cond: torch.Tensor, generator: torch.Generator | None = None,
                        block_hook: Any = None, noise_scale: float | None = None, head: DiT | None = None,
-                       grad: bool = False) -> torch.Tensor:
+                       grad: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The DiT head alone: DDIM from noise to an action chunk (B, chunk, 7) given cond (B, A, D),
         starting from ``noise_scale`` (None: the config's) times unit noise in cond's dtype. ``head`` samples with another
-        DiT of the same shape instead of ``self.dit``; ``grad`` keeps the caller's grad mode (else no_grad)."""
+        DiT of the same shape instead of ``self.dit``; ``grad`` keeps the caller's grad mode (else no_grad);
+        ``noise`` (B, chunk, 7) is the starting sample, already scaled (``DiffusionSchedule.ddim_sample``)."""
         cfg = self.config
         head = self.dit if head is None else head
         model_fn, on_step = head, None
@@ -483,4 +484,4 @@ class DreamVLA(nn.Module):
                                          steps=cfg.ddim_steps, guidance=cfg.guidance, generator=generator,
                                          clip_sample=cfg.clip_sample, on_step=on_step, dtype=cond.dtype,
                                          noise_scale=cfg.noise_scale if noise_scale is None else noise_scale,
-                                         grad=grad)
+                                         grad=grad, noise=noise)

@@ -31,8 +31,9 @@ gripper command it plays only once the policy has asked for the other state in `
 
 from __future__ import annotations
 
+import copy
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from dream_policy.backbone import StreamCache
 from dream_policy.checkpoint import checkpoint_folder, load_normalization
 from dream_policy.data.loader import preprocess_history
 from dream_policy.data.normalization import GRIPPER_DIM, Normalizer, clip_actions
+from dream_policy.diffusion import randn
 from dream_policy.dit_cache import CachedBlocks, load_head
 from dream_policy.encoders import TextEncoder, build_text_encoder
 from dream_policy.model import DreamVLA
@@ -249,24 +251,54 @@ class DreamPolicy:
         """The action chunk (chunk, 7) for the current history (``observe`` at least one frame first);
         ``noise_scale`` overrides the checkpoint's sampling temperature for this chunk (None: the
         checkpoint's, or ``stall_noise`` while the arm is stalled)."""
+        cond = self.condition(instruction)
+        noise = self.start_noise(noise_scale)
+        hook = CachedBlocks(self.schedule) if self.schedule is not None else None
+        chunk = self.model.sample_actions(cond, block_hook=hook, noise=noise)[0]
+        return clip_actions(chunk.cpu().numpy().astype(np.float64))
+
+    def condition(self, instruction: str) -> torch.Tensor:
+        """The DiT condition (1, A, D) for the current history and ``instruction`` (given to
+        ``condition_sink``)."""
         if not self._frames:
             raise RuntimeError("sample_chunk needs a history: observe(obs) at least one frame first")
-        if noise_scale is None and self.stall_steps is not None and stalled(list(self._tcp), self.stall_steps,
-                                                                            self.stall_tol):
-            noise_scale = self.stall_noise
-        hook = CachedBlocks(self.schedule) if self.schedule is not None else None
         if self.kv_cache:
             lang = self.text_encoder.encode([instruction]).to(self.device)  # (1, lang_dim)
             cond = self._streamed_condition(lang, instruction)
         else:
             cond = self.model.features(self._batch(instruction))["action"]  # (1, A, D)
+        self.sink(cond)
+        return cond
+
+    def sink(self, cond: torch.Tensor) -> None:
         if self.condition_sink is not None:
             self.condition_sink(cond.detach().cpu().clone())
-        chunk = self.model.sample_actions(cond, generator=self.generator, block_hook=hook, noise_scale=noise_scale)[0]
-        return clip_actions(chunk.cpu().numpy().astype(np.float64))
+
+    def temperature(self, noise_scale: float | None = None) -> float:
+        """The scale of the next chunk's starting noise: ``noise_scale`` if given, else ``stall_noise`` while
+        the arm is stalled, else the checkpoint's."""
+        if noise_scale is not None:
+            return float(noise_scale)
+        if self.stall_steps is not None and stalled(list(self._tcp), self.stall_steps, self.stall_tol):
+            return self.stall_noise
+        return float(self.model.config.noise_scale)
+
+    def start_noise(self, noise_scale: float | None = None) -> torch.Tensor:
+        """The next chunk's starting sample (1, chunk, 7): unit noise from this policy's generator times
+        ``temperature(noise_scale)``."""
+        cfg = self.model.config
+        scale = self.temperature(noise_scale)
+        return randn((1, cfg.chunk, cfg.action_dim), self.generator, self.device, torch.float32) * scale
 
     def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
         """CALVIN's contract: one relative action. A new instruction drops the queued actions."""
+        if self.begin_step(obs, instruction):
+            return self.finish_step(self.sample_chunk(instruction))
+        return self.finish_step(None)
+
+    def begin_step(self, obs: dict[str, Any], instruction: str) -> bool:
+        """``step``'s first half: take the observation and instruction; whether this step needs a new chunk
+        (then ``finish_step(chunk)``, else ``finish_step(None)``)."""
         self.observe(obs)
         if instruction != self._instruction:
             self._queue.clear()
@@ -275,12 +307,18 @@ class DreamPolicy:
                 self._tcp.clear()
                 self._tcp.append(np.asarray(obs["robot_obs"], np.float64)[:3])
             self._instruction = instruction
+        return self.ensemble_decay is not None or not self._queue
+
+    def finish_step(self, chunk: np.ndarray | None) -> np.ndarray:
+        """``step``'s second half: the action to play, given the chunk ``begin_step`` asked for (or None)."""
+        if (chunk is None) == (self.ensemble_decay is not None or not self._queue):
+            raise RuntimeError("finish_step takes a chunk exactly when begin_step asked for one")
         if self.ensemble_decay is not None:
-            self._chunks.appendleft(self.sample_chunk(instruction))
+            self._chunks.appendleft(chunk)
             action = ensemble_action(list(self._chunks), self.ensemble_decay)
         else:
-            if not self._queue:
-                self._queue.extend(self.sample_chunk(instruction)[: self.action_horizon])
+            if chunk is not None:
+                self._queue.extend(chunk[: self.action_horizon])
             action = self._queue.popleft()
         if self.gripper_hold is not None:  # the gripper is the robot's state: held across instructions too
             self._gripper_asked.append(float(action[GRIPPER_DIM]))
@@ -288,6 +326,23 @@ class DreamPolicy:
             action = action.copy()
             action[GRIPPER_DIM] = self._gripper_played
         return action
+
+    def sibling(self, seed: int = 0) -> DreamPolicy:
+        """Another policy on the same network, schedule and settings, with its own history and generator:
+        policies that ``step_batch`` runs in one batched network call."""
+        other = copy.copy(self)
+        other.generator = torch.Generator(device=self.device).manual_seed(seed)
+        other.condition_sink = None
+        other.reset()
+        return other
+
+    @staticmethod
+    def step_batch(policies: Sequence[DreamPolicy], observations: Sequence[dict[str, Any]],
+                   instructions: Sequence[str]) -> list[np.ndarray]:
+        """``step`` of each policy (siblings: one network) with one batched network call for all chunks."""
+        from dream_policy.policy_batch import step_batch
+
+        return step_batch(policies, observations, instructions)
 
 
 def stalled(positions: list[np.ndarray], steps: int, tol: float) -> bool:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import atexit
 import json
 import multiprocessing as mp
+import queue as queue_module
 import random
 import sys
 import textwrap
+import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from sim.calvin_pybullet import BACKEND_PREFIX, calvin_backend
 from sim.chains import CHAIN_LENGTH, Chain
 from sim.env import PlayTableEnv
 from sim.eval_progress import PROGRESS_FILE, append_record, open_progress, read_progress
+from sim.lockstep import Slot, run_lockstep
 from sim.policy import POLICIES, Policy, make_policy
 from sim.snapshot import Snapshot
 from sim.symbolic_state import physical_state
@@ -176,6 +179,7 @@ class RunSetup:
     seed: int
     video_dir: str | None
     registry: dict[str, str] = field(default_factory=lambda: dict(POLICIES))
+    batch: int = 1  # chains each worker runs in lockstep (sim.lockstep)
 
 
 def seed_chain(policy: Policy, seed: int) -> None:
@@ -205,28 +209,66 @@ def make_backend(scene: str, render: bool) -> tuple[Any, SubtaskOracle]:
 
 
 class ChainRunner:
-    """One process's env, policy and oracle, built once and reused for many chains."""
+    """One process's env, policy and oracle, built once and reused for many chains; with ``setup.batch``
+    > 1, that many (env, oracle, policy) slots running chains in lockstep (``run_many``)."""
 
     def __init__(self, setup: RunSetup) -> None:
         self.setup = setup
         self.env, self.oracle = make_backend(setup.scene, setup.render)
         self.policy = make_policy(setup.policy_name, **setup.policy_options)
+        self.slots: list[Slot] = []
 
     def __call__(self, job: tuple[int, Chain, bool]) -> tuple[Record, str | None]:
         index, chain, record = job
         seed_chain(self.policy, self.setup.seed + index)
-        result = run_chain(self.env, self.policy, chain, self.oracle, self.setup.ep_len, record, index)
+        return self.outcome(run_chain(self.env, self.policy, chain, self.oracle, self.setup.ep_len, record, index))
+
+    def run_many(self, jobs: Iterable[tuple[int, Chain, bool]]) -> Iterator[tuple[Record, str | None]]:
+        """Every job's outcome, as chains end: one by one, or ``setup.batch`` at a time in lockstep."""
+        if self.setup.batch <= 1:
+            yield from map(self, jobs)
+            return
+
+        def start(slot: Slot, index: int) -> None:
+            seed_chain(slot.policy, self.setup.seed + index)
+
+        def new_result(index: int, chain: Chain, record: bool) -> ChainResult:
+            return ChainResult(index, chain.tasks, frames=[] if record else None)
+
+        def frame(slot: Slot) -> np.ndarray:
+            return caption(slot.env.render("static", VIDEO_SIZE), f"{slot.label}{slot.instruction}")
+
+        for result in run_lockstep(self.lockstep_slots(), jobs, self.setup.ep_len, start, new_result, frame):
+            yield self.outcome(result)
+
+    def lockstep_slots(self) -> list[Slot]:
+        """``setup.batch`` slots, built once: siblings of the policy when it has ``sibling`` (one network for
+        a batched ``step_batch``), else more policies from the registry; an env and oracle each."""
+        setup = self.setup
+        while len(self.slots) < setup.batch:
+            if not self.slots:
+                self.slots.append(Slot(self.env, self.oracle, self.policy))
+                continue
+            sibling = getattr(self.policy, "sibling", None)
+            policy = sibling() if sibling else make_policy(setup.policy_name, **setup.policy_options)
+            self.slots.append(Slot(*make_backend(setup.scene, setup.render), policy))
+        return self.slots
+
+    def outcome(self, result: ChainResult) -> tuple[Record, str | None]:
+        """The chain's record (with what the policy resolved its options to) and its video, if recorded."""
         rec = result.record()
         if hasattr(self.policy, "describe"):  # what the policy resolved its options to (e.g. cache=auto)
             rec[POLICY_INFO] = self.policy.describe()
         if not result.frames:
             return rec, None
-        path = Path(self.setup.video_dir or ".") / f"chain_{index:04d}.mp4"
+        path = Path(self.setup.video_dir or ".") / f"chain_{result.index:04d}.mp4"
         write_video(path, result.frames)
         return rec, str(path)
 
     def close(self) -> None:
         self.env.close()
+        for slot in self.slots[1:]:
+            slot.env.close()
 
 
 _WORKER: dict[str, Any] = {}
@@ -246,10 +288,58 @@ def _run_job(job: tuple[int, Chain, bool]) -> tuple[Record, str | None]:
     return _WORKER["runner"](job)
 
 
+def _lockstep_worker(setup: RunSetup, jobs: Sequence[tuple[int, Chain, bool]], queue: Any) -> None:
+    """A lockstep worker process: its share of the chains, each outcome sent as its chain ends."""
+    try:
+        POLICIES.update(setup.registry)
+        runner = ChainRunner(setup)
+        try:
+            for outcome in runner.run_many(jobs):
+                queue.put(("outcome", outcome))
+        finally:
+            runner.close()
+        queue.put(("done", None))
+    except Exception:  # noqa: BLE001 (any failure goes to the parent, which raises it; it handles ^C itself)
+        queue.put(("error", traceback.format_exc()))
+
+
+def _in_lockstep_workers(setup: RunSetup, jobs: Sequence[tuple[int, Chain, bool]], workers: int
+                         ) -> Iterator[tuple[Record, str | None]]:
+    """``workers`` processes with every ``workers``-th job each, running ``setup.batch`` chains in lockstep
+    and reporting each chain as it ends (a pool's task would report only when all its chains had)."""
+    ctx = mp.get_context("spawn")  # MuJoCo/EGL contexts must be created in the worker, never inherited
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_lockstep_worker, args=(setup, list(jobs[w::workers]), queue), daemon=True)
+             for w in range(workers)]
+    for proc in procs:
+        proc.start()
+    done = 0
+    try:
+        while done < workers:
+            try:
+                kind, value = queue.get(timeout=5)
+            except queue_module.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"an eval worker died (exit code {dead[0]}) before reporting") from None
+                continue
+            if kind == "error":
+                raise RuntimeError(f"an eval worker failed:\n{value}")
+            if kind == "done":
+                done += 1
+            else:
+                yield value
+    finally:
+        for proc in procs:
+            if proc.is_alive() and done < workers:
+                proc.terminate()
+            proc.join()
+
+
 def _in_process(setup: RunSetup, jobs: Sequence[tuple[int, Chain, bool]]) -> Iterator[tuple[Record, str | None]]:
     runner = ChainRunner(setup)
     try:
-        yield from map(runner, jobs)
+        yield from runner.run_many(jobs)
     finally:
         runner.close()
 
@@ -273,8 +363,13 @@ def _in_pool(setup: RunSetup, jobs: Sequence[tuple[int, Chain, bool]], workers: 
 def evaluate(chains_with_index: Sequence[tuple[int, Chain]], policy_name: str,
              policy_options: Mapping[str, Any] | None = None, scene: str = "D", workers: int = 1,
              ep_len: int = 360, seed: int = 0, num_videos: int = 0, out_dir: str | Path = "runs/eval",
-             render: bool = True, shard: str | None = None, resume: bool = False) -> dict[str, Any]:
+             render: bool = True, shard: str | None = None, resume: bool = False, batch: int = 1
+             ) -> dict[str, Any]:
     """Run the chains (in ``workers`` processes when > 1) and write results.json, the plot and videos.
+
+    ``batch`` > 1: each worker runs that many chains in lockstep, one batched policy call per control step
+    (``sim.lockstep``); a chain's outcome then follows its own seed too, but batched matrix products round
+    differently from one-row ones, so a closed loop can part from the ``batch=1`` run's after a while.
 
     Every finished chain is appended to ``out_dir/chains.jsonl`` at once (``sim.eval_progress``); with
     ``resume`` the chains that log already holds (from a run with the same settings) are not run again."""
@@ -286,10 +381,14 @@ def evaluate(chains_with_index: Sequence[tuple[int, Chain]], policy_name: str,
     if num_videos > 0 and not render:
         print(f"render=false: not writing the {num_videos} requested videos", file=sys.stderr)
         num_videos = 0
+    if isinstance(batch, bool) or int(batch) != batch or batch < 1:
+        raise ValueError(f"batch must be an integer >= 1 (chains per worker in lockstep), got {batch!r}")
     setup = RunSetup(policy_name, dict(policy_options or {}), scene, render, ep_len, seed,
-                     str(out / VIDEO_DIR) if num_videos > 0 else None)
+                     str(out / VIDEO_DIR) if num_videos > 0 else None, batch=int(batch))
     config = {"policy": policy_name, "policy_options": setup.policy_options, "scene": scene,
               "ep_len": ep_len, "seed": seed, "shard": shard}
+    if batch > 1:  # (kept out at 1, so logs written before lockstep existed still resume)
+        config["batch"] = int(batch)
     progress = out / PROGRESS_FILE
     finished = read_progress(progress, config, [(i, c.tasks) for i, c in chains_with_index]) if resume else {}
     if finished:
@@ -302,7 +401,12 @@ def evaluate(chains_with_index: Sequence[tuple[int, Chain]], policy_name: str,
             tqdm(total=len(chains_with_index), initial=len(finished), desc="chains", unit="chain") as bar:
         if jobs:
             workers = min(max(workers, 1), len(jobs))
-            outcomes = _in_pool(setup, jobs, workers) if workers > 1 else _in_process(setup, jobs)
+            if workers == 1:
+                outcomes = _in_process(setup, jobs)
+            elif setup.batch > 1:
+                outcomes = _in_lockstep_workers(setup, jobs, workers)
+            else:
+                outcomes = _in_pool(setup, jobs, workers)
             for record, video in outcomes:
                 append_record(log, record, video)
                 records.append(record)
@@ -428,7 +532,8 @@ def eval_command(cfg: Mapping[str, Any]) -> None:
                                int(cfg.get("first") or 0))
         results = evaluate(chains, cfg["policy"], policy_options(cfg), str(cfg["scene"]), int(cfg["workers"]),
                            int(cfg["ep_len"]), int(cfg["seed"]), int(cfg["num_videos"]), out,
-                           bool(cfg["render"]), cfg.get("shard"), bool(cfg.get("resume", False)))
+                           bool(cfg["render"]), cfg.get("shard"), bool(cfg.get("resume", False)),
+                           int(cfg.get("batch") or 1))
     print(format_results(results))
     print(f"results: {out / RESULTS_FILE}\nplot:    {out / PLOT_FILE}")
     for video in results["videos"]:

@@ -242,3 +242,82 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="ep_len"):
         ev.evaluate(chains, "idle", {}, scene="D", workers=1, ep_len=3, seed=0, out_dir=part, render=False,
                     resume=True)
+
+
+# ------------------------------------------------------------------------------------------ lockstep
+
+class StepCounter:
+    """A batched stepper that records how many policies each call steps."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __call__(self, policies, observations, instructions):
+        self.sizes.append(len(policies))
+        return [p.step(o, i) for p, o, i in zip(policies, observations, instructions, strict=True)]
+
+
+def test_lockstep_runs_each_chain_as_run_chain_does(env):
+    """Three chains over two slots: the same successes and step counts as run_chain, one call per step
+    for all running slots, and a freed slot takes the next chain."""
+    needed = [{TASKS[0]: 2, TASKS[1]: 3}, {OTHER.tasks[0]: 1}, {TASKS[0]: 4, TASKS[1]: 1, TASKS[2]: 2, TASKS[3]: 1,
+                                                                 TASKS[4]: 3}]
+    jobs = [(0, CHAIN, False), (1, OTHER, False), (2, CHAIN, False)]
+    alone = [ev.run_chain(env, IdlePolicy(), chain, AfterKStepsOracle(n), ep_len=4, index=i).record()
+             for (i, chain, _), n in zip(jobs, needed, strict=True)]
+    second = PlayTableEnv("D", render=False)
+    try:
+        oracles = [AfterKStepsOracle({}), AfterKStepsOracle({})]
+        slots = [ev.Slot(e, o, IdlePolicy()) for e, o in zip((env, second), oracles, strict=True)]
+        started = []
+
+        def start(slot, index):  # each chain gets its own oracle's success plan, as in the runs above
+            slot.oracle.steps_needed = needed[index]
+            started.append((slots.index(slot), index))
+
+        counter = StepCounter()
+        results = list(ev.run_lockstep(slots, jobs, 4, start, lambda i, c, r: ev.ChainResult(i, c.tasks),
+                                       step_batch=counter))
+    finally:
+        second.close()
+    assert sorted((r.record() for r in results), key=lambda r: r["index"]) == alone
+    assert [r.index for r in results] == [1, 0, 2]  # chain 1 ends first (one step), then 0
+    assert started == [(0, 0), (1, 1), (1, 2)]  # chain 2 took chain 1's slot
+    assert sum(counter.sizes) == sum(sum(r.steps) for r in results) and max(counter.sizes) == 2
+    assert sum(p.resets for p in (s.policy for s in slots)) == sum(len(r.steps) for r in results)
+
+
+def test_lockstep_needs_slots_and_steps():
+    with pytest.raises(ValueError, match="ep_len"):
+        next(ev.run_lockstep([ev.Slot(None, None, IdlePolicy())], [], 0, None, None))
+    with pytest.raises(ValueError, match="slot"):
+        next(ev.run_lockstep([], [], 5, None, None))
+
+
+@pytest.mark.slow
+def test_the_expert_scores_the_same_in_lockstep(tmp_path):
+    """The scripted expert through the whole evaluator: batch=3 over 4 chains gives batch=1's records."""
+    chains = ev.select_chains(4, None)
+    runs = [ev.evaluate(chains, "expert", {"scene": "D"}, scene="D", workers=1, ep_len=150, seed=0,
+                        out_dir=tmp_path / f"b{batch}", render=False, batch=batch) for batch in (1, 3)]
+    assert runs[0]["chains"] == runs[1]["chains"] and runs[0]["avg_seq_len"] > 1
+    assert "batch" not in runs[0]["config"] and runs[1]["config"]["batch"] == 3
+    with pytest.raises(ValueError, match="batch must be an integer >= 1"):
+        ev.evaluate(chains, "expert", {"scene": "D"}, workers=1, out_dir=tmp_path / "bad", batch=0)
+
+
+class BrokenPolicy(IdlePolicy):
+    def step(self, obs, instruction):
+        raise RuntimeError("the network is on fire")
+
+
+def test_lockstep_workers_report_each_chain_and_name_a_failure(tmp_path, monkeypatch):
+    monkeypatch.setitem(POLICIES, "idle", f"{__name__}:IdlePolicy")
+    monkeypatch.setitem(POLICIES, "broken", f"{__name__}:BrokenPolicy")
+    chains = [(5, OTHER), (2, CHAIN), (7, OTHER)]
+    one = ev.evaluate(chains, "idle", {}, workers=1, ep_len=3, out_dir=tmp_path / "one", render=False)
+    two = ev.evaluate(chains, "idle", {}, workers=2, ep_len=3, out_dir=tmp_path / "two", render=False, batch=2)
+    assert two["chains"] == one["chains"] and two["config"] == {**one["config"], "batch": 2}
+    assert len((tmp_path / "two" / ev.PROGRESS_FILE).read_text().splitlines()) == 4  # settings + each chain
+    with pytest.raises(RuntimeError, match="the network is on fire"):
+        ev.evaluate(chains, "broken", {}, workers=2, ep_len=3, out_dir=tmp_path / "broken", render=False, batch=2)
