@@ -319,5 +319,7 @@ def test_lockstep_workers_report_each_chain_and_name_a_failure(tmp_path, monkeyp
     two = ev.evaluate(chains, "idle", {}, workers=2, ep_len=3, out_dir=tmp_path / "two", render=False, batch=2)
     assert two["chains"] == one["chains"] and two["config"] == {**one["config"], "batch": 2}
     assert len((tmp_path / "two" / ev.PROGRESS_FILE).read_text().splitlines()) == 4  # settings + each chain
+    with pytest.raises(ValueError, match="batch"):  # rollouts part with the batch: a log is resumed at its own
+        ev.evaluate(chains, "idle", {}, workers=1, ep_len=3, out_dir=tmp_path / "two", render=False, resume=True)
     with pytest.raises(RuntimeError, match="the network is on fire"):
         ev.evaluate(chains, "broken", {}, workers=2, ep_len=3, out_dir=tmp_path / "broken", render=False, batch=2)
