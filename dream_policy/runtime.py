@@ -27,6 +27,9 @@ from ``stall_noise`` times unit noise (a higher temperature) until it moves agai
 Gripper hold (``gripper_hold=n``; None takes the checkpoint's setting, 1 turns it off): ``step`` changes the
 gripper command it plays only once the policy has asked for the other state in ``n`` consecutive steps
 (``held_gripper``), so a single sample neither drops a grasped block nor closes on air.
+Several policies on one network (``sibling``) step together through ``step_batch``
+(``dream_policy.policy_batch``): ``step`` is ``begin_step`` then ``finish_step``, with the chunk sampled
+in between for all of them at once.
 """
 
 from __future__ import annotations
@@ -307,11 +310,14 @@ class DreamPolicy:
                 self._tcp.clear()
                 self._tcp.append(np.asarray(obs["robot_obs"], np.float64)[:3])
             self._instruction = instruction
+        return self._wants_chunk()
+
+    def _wants_chunk(self) -> bool:
         return self.ensemble_decay is not None or not self._queue
 
     def finish_step(self, chunk: np.ndarray | None) -> np.ndarray:
         """``step``'s second half: the action to play, given the chunk ``begin_step`` asked for (or None)."""
-        if (chunk is None) == (self.ensemble_decay is not None or not self._queue):
+        if (chunk is None) == self._wants_chunk():
             raise RuntimeError("finish_step takes a chunk exactly when begin_step asked for one")
         if self.ensemble_decay is not None:
             self._chunks.appendleft(chunk)
